@@ -1,0 +1,130 @@
+"""Load and validate a constitution YAML: principles with ids, text, weights, optional checks.
+
+The constitution's version is the sha256 of its canonical content (not of the file's bytes, so
+comments and formatting don't change it); it is recorded with every judgment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUNDLED_PREFIX = "bundled:"
+
+
+class ConstitutionError(ValueError):
+    """A constitution file is missing or invalid; the message names the file and the field."""
+
+
+class Check(BaseModel):
+    """Executable test of a completion. A completion passes when every given condition holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_words: int | None = Field(default=None, gt=0)
+    forbidden_patterns: list[str] = Field(default_factory=list)
+    required_patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("forbidden_patterns", "required_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Check:
+        if self.max_words is None and not self.forbidden_patterns and not self.required_patterns:
+            raise ValueError("a check needs max_words, forbidden_patterns or required_patterns")
+        return self
+
+    def failures(self, text: str) -> list[str]:
+        """Reasons `text` fails this check (empty list = pass)."""
+        reasons = []
+        if self.max_words is not None:
+            words = len(text.split())
+            if words > self.max_words:
+                reasons.append(f"{words} words > {self.max_words}")
+        for pattern in self.forbidden_patterns:
+            match = re.search(pattern, text, flags=re.IGNORECASE)
+            if match:
+                reasons.append(f"contains {match.group(0)!r}")
+        if self.required_patterns and not any(
+            re.search(p, text, flags=re.IGNORECASE) for p in self.required_patterns
+        ):
+            reasons.append("matches none of the required patterns")
+        return reasons
+
+
+class Principle(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    text: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    check: Check | None = None
+
+
+class Constitution(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    principles: list[Principle] = Field(min_length=1)
+
+    @field_validator("principles")
+    @classmethod
+    def _unique_ids(cls, principles: list[Principle]) -> list[Principle]:
+        seen: set[str] = set()
+        for p in principles:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        return principles
+
+    @property
+    def content_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def principle(self, principle_id: str) -> Principle:
+        return next(p for p in self.principles if p.id == principle_id)
+
+
+def bundled_constitution_path(name: str) -> Path:
+    path = Path(str(resources.files("constitution") / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConstitutionError(f"no bundled constitution named {name!r}")
+    return path
+
+
+def load_constitution(source: str | Path) -> Constitution:
+    """Load `bundled:NAME` or a YAML path; errors name the file and the offending field."""
+    source = str(source)
+    path = bundled_constitution_path(source[len(BUNDLED_PREFIX):]) if source.startswith(BUNDLED_PREFIX) else Path(source)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConstitutionError(f"{path}: constitution file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConstitutionError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConstitutionError(f"{path}: expected a mapping with 'name' and 'principles'")
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as exc:
+        raise ConstitutionError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `field.path: message`."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)

@@ -1,0 +1,148 @@
+"""The `rlaif` command line: init, round, demo, status."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
+from flows.config import ConfigError, RoundConfig, load_config
+from prompts.loader import PromptError, load_prompts
+from store.db import Store, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-judged preference tuning (RLAIF), one round at a time.")
+console = Console()
+err = Console(stderr=True)
+
+DB_OPTION = typer.Option(None, "--db", help="DuckDB file (default: ./rlaif.duckdb, or store.path in the config)")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _prepare(config: RoundConfig, db: Optional[Path]) -> RoundConfig:
+    """Apply --db and check every input before anything is written or a server is started."""
+    if db is not None:
+        config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(db)})})
+    load_constitution(config.constitution)
+    load_prompts(config.prompts.source)
+    for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")
+    return config
+
+
+def _run(config: RoundConfig, round_index: Optional[int]) -> None:
+    # Prefect starts a temporary local server when none is configured; give it time on a slow machine
+    # and keep it from phoning home.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.round import rlaif_round
+
+    summary = rlaif_round(config=config, round_index=round_index)
+    _print_summary(summary)
+
+
+def _print_summary(s) -> None:
+    table = Table(title=f"round {s.round_index} summary", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    num = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    table.add_row("pairs judged (both orders)", str(s.pairs_judged))
+    table.add_row("position consistency", f"{pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
+    table.add_row("spot-checks queued", str(s.spot_checks_queued))
+    table.add_row("DPO pairs", str(s.train.n_pairs))
+    table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
+    table.add_row("candidate win rate", "-" if s.eval is None else f"{s.eval.win_rate:.2f} (n={s.eval.n}, W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")
+    table.add_row("promoted?", "yes" if s.promoted else "no")
+    table.add_row("decision", s.decision)
+    console.print(table)
+
+
+def _guard(fn):
+    """Turn input errors into a one-line message and exit code 2."""
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ConstitutionError, PromptError, FileNotFoundError) as exc:
+            _fail(str(exc), 2)
+        except StoreError as exc:
+            _fail(str(exc), 1)
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="where to write rlaif.yaml and constitution.yaml")) -> None:
+    """Write a starter config and constitution into DIRECTORY."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path, constitution_path = directory / "rlaif.yaml", directory / "constitution.yaml"
+    for path in (config_path, constitution_path):
+        if path.exists():
+            _fail(f"{path} already exists; not overwriting", 2)
+    shutil.copyfile(bundled_constitution_path("support"), constitution_path)
+    config_path.write_text((resources.files("flows") / "starter.yaml").read_text())
+    console.print(f"wrote {config_path} and {constitution_path}\nnext: rlaif round --config {config_path}")
+
+
+@app.command("round")
+def round_(
+    config: Path = typer.Option(..., "--config", "-c", help="round config YAML"),
+    db: Optional[Path] = DB_OPTION,
+    round_index: Optional[int] = typer.Option(None, "--round", help="round number (default: resume the unfinished round, else the next)"),
+) -> None:
+    """Run one RLAIF round: sample, judge, spot-check, DPO, evaluate, promote."""
+    _guard(lambda: _run(_prepare(load_config(config), db), round_index))()
+
+
+@app.command()
+def demo(db: Optional[Path] = DB_OPTION) -> None:
+    """One round of the bundled support task at tiny size (no server or network needed)."""
+    _guard(lambda: _run(_prepare(load_config(Path(str(resources.files("flows") / "demo.yaml"))), db), None))()
+
+
+@app.command()
+def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
+    """Rounds, counts and the last metrics from the store."""
+    def show() -> None:
+        with Store(db, read_only=True) as store:
+            rounds = store.rounds()
+            table = Table(title=f"rounds in {db}")
+            for col in ("round", "status", "policy", "pairs", "consistency", "spot-checks", "DPO loss first→last", "win rate", "promoted", "why"):
+                table.add_column(col)
+            for r in rounds:
+                stats = store.round_stats(r.round_id)
+                s = r.summary_json or {}
+                train, ev = s.get("train") or {}, s.get("eval") or {}
+                loss = "-" if train.get("first_loss") is None else f"{train['first_loss']:.4f}→{train['last_loss']:.4f}"
+                cons = "-" if stats["position_consistency"] is None else f"{stats['position_consistency']:.0%}"
+                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats["pairs_judged"]), cons,
+                              str(stats["spot_checks_queued"]), loss,
+                              "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no",
+                              r.status_reason or "")
+            console.print(table)
+            counts = Table(title="rows per table")
+            counts.add_column("table")
+            counts.add_column("rows", justify="right")
+            for name, n in store.count_rows().items():
+                counts.add_row(name, str(n))
+            console.print(counts)
+            policy = store.current_policy()
+            console.print(f"current policy: {policy.model_id if policy else '-'} ({policy.kind if policy else ''})")
+    _guard(show)()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

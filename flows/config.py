@@ -1,0 +1,134 @@
+"""The round configuration: one YAML file, validated by pydantic.
+
+Relative paths in the file are resolved against the file's directory. `store.path` left empty
+means `./rlaif.duckdb` in the working directory (and `--db` on the command line overrides it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from constitution.loader import format_validation_error
+from review.routing import RoutingPolicy
+from sampling.sampler import SamplingParams
+from training.trainer import DPOParams
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a customer-support agent for Larkspur Supply Co., an online store for outdoor gear, "
+    "clothing and home goods. Reply to the customer directly, helpfully, honestly and briefly."
+)
+
+
+class ConfigError(ValueError):
+    """The config file is missing or invalid; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyConfig(_Section):
+    path: str | None = Field(default=None, description="checkpoint directory; empty = embedded SmolLM2-135M-Instruct")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+class PromptsConfig(_Section):
+    source: str = "bundled:support"
+    train_per_round: int = Field(default=64, gt=0, description="train prompts sampled each round")
+    heldout: int = Field(default=24, gt=0, description="held-out prompts used to evaluate the candidate")
+
+
+class SamplerConfig(SamplingParams):
+    backend: Literal["transformers"] = "transformers"
+    n: Literal[2] = 2  # pairs are sample 0 vs sample 1
+
+
+class JudgeConfig(_Section):
+    kind: Literal["local_logprob"] = "local_logprob"
+    model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
+    batch_size: int = Field(default=8, gt=0)
+    tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
+    max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
+
+
+class TrainingConfig(DPOParams):
+    min_pairs: int = Field(default=4, gt=0, description="fewer trustworthy pairs than this: do not train")
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = Field(default=96, gt=0)
+    min_win_rate: float = Field(default=0.55, ge=0, le=1, description="promote only at or above this")
+
+
+class StoreConfig(_Section):
+    path: str | None = None
+    artifacts_dir: str | None = Field(default=None, description="adapters etc.; empty = <db name>-artifacts next to the db")
+
+
+class RuntimeConfig(_Section):
+    threads: int | None = Field(default=None, gt=0, description="torch threads; empty = physical cores")
+
+
+class RoundConfig(_Section):
+    seed: int = 0
+    constitution: str = "bundled:support"
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    routing: RoutingPolicy = Field(default_factory=lambda: RoutingPolicy(high_stakes_tags=["safety", "privacy"]))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def db_path(self) -> Path:
+        return Path(self.store.path or "rlaif.duckdb")
+
+    def artifacts_dir(self) -> Path:
+        if self.store.artifacts_dir:
+            return Path(self.store.artifacts_dir)
+        db = self.db_path()
+        return db.parent / f"{db.stem}-artifacts"
+
+
+def load_config(path: str | Path) -> RoundConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections")
+    try:
+        config = RoundConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
+    def resolve(value: str | None) -> str | None:
+        if value is None or value.startswith("bundled:") or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    return config.model_copy(
+        update={
+            "constitution": resolve(config.constitution),
+            "policy": config.policy.model_copy(update={"path": resolve(config.policy.path)}),
+            "prompts": config.prompts.model_copy(update={"source": resolve(config.prompts.source)}),
+            "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),
+            "store": config.store.model_copy(
+                update={"path": resolve(config.store.path), "artifacts_dir": resolve(config.store.artifacts_dir)}
+            ),
+        }
+    )

@@ -1,0 +1,228 @@
+"""One online RLAIF round as a Prefect flow. Read it top to bottom: each line is a stage call.
+
+    sample 2 completions/prompt from the policy -> judge each pair in both orders
+    -> route spot-checks -> DPO dataset from trustworthy pairs -> LoRA DPO -> candidate vs policy
+    on held-out prompts -> promote only if it wins
+
+Every stage writes to DuckDB under deterministic ids, so rerunning a round (finished or crashed)
+continues where it stopped and inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from constitution.loader import Constitution, load_constitution
+from evals.stage import EvalOutcome, sample_head_to_head, score_head_to_head
+from flows.config import RoundConfig
+from flows.progress import progress_bar
+from judges.local_logprob import LocalLogprobJudge
+from judges.stage import judge_pairs
+from lm.embedded import EMBEDDED_MODEL_NAME
+from lm.loading import base_checkpoint, load_model, load_tokenizer, set_threads
+from prompts.loader import Prompt, load_prompts
+from review.routing import RoutingCandidate, route_spot_checks
+from sampling.sampler import SamplingParams
+from sampling.stage import pair_samples, sample_for_round
+from store.db import Store, StoreError
+from store.ids import stable_id, stable_int
+from store.rows import ModelRow, PromptRow, RoundRow
+from training.stage import TrainOutcome, build_preference_pairs, train_candidate
+
+EMBEDDED_PATH = f"embedded:{EMBEDDED_MODEL_NAME}"
+
+
+class RoundSummary(BaseModel):
+    round_index: int
+    round_id: str
+    policy_id: str
+    threads: int
+    pairs_judged: int
+    consistent_pairs: int
+    position_consistency: float | None
+    spot_checks_queued: int
+    train: TrainOutcome
+    eval: EvalOutcome | None
+    candidate_id: str | None
+    promoted: bool
+    decision: str
+
+
+@flow(name="rlaif-round")
+def rlaif_round(config: RoundConfig, round_index: int | None = None) -> RoundSummary:
+    logger = get_run_logger()
+    constitution = load_constitution(config.constitution)
+    prompts = load_prompts(config.prompts.source)
+    threads = set_threads(config.runtime.threads)
+    with Store(config.db_path()) as store:
+        rnd = begin_round(store, config, constitution, prompts, round_index)
+        logger.info("round %d (%s): policy %s, constitution %s, %d torch threads",
+                    rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
+        try:
+            summary = run_round(store, config, constitution, prompts, rnd, threads)
+        except BaseException as exc:
+            store.finish_round(rnd.round_id, "failed", f"{type(exc).__name__}: {exc}", {})
+            raise
+        store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"))
+        logger.info("round %d finished: %s", rnd.round_index, summary.decision)
+        return summary
+
+
+def run_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
+              rnd: RoundRow, threads: int) -> RoundSummary:
+    policy, tokenizer = load_policy(store, rnd.policy_id)
+    judge = load_judge(config)
+    train_prompts = select_train_prompts(prompts, config.prompts.train_per_round, rnd.round_index, config.seed)
+    heldout = select_heldout_prompts(prompts, config.prompts.heldout, config.seed)
+
+    pairs = sample_pairs(store, config, rnd, policy, tokenizer, train_prompts)
+    verdicts = judge_round(store, judge, constitution, pairs)
+    queued = route_for_review(store, config, rnd, pairs, prompts, verdicts)
+    records = store.confident_preferences(rnd.round_id, judge.judge_id, constitution.content_hash)
+    dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
+    outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
+    evaluation = None
+    if candidate is not None:
+        eval_pairs = sample_eval(store, config, rnd, candidate, tokenizer, outcome, heldout)
+        evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
+    promoted, decision = promote(store, config, outcome, evaluation)
+
+    stats = store.round_stats(rnd.round_id)
+    return RoundSummary(
+        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, threads=threads,
+        pairs_judged=stats["pairs_judged"], consistent_pairs=stats["consistent_pairs"],
+        position_consistency=stats["position_consistency"], spot_checks_queued=queued,
+        train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
+    )
+
+
+# ---- round bookkeeping --------------------------------------------------------------------------
+
+def begin_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
+                round_index: int | None) -> RoundRow:
+    """Start round `round_index` (default: resume the last unfinished round, else the next one)."""
+    store.append([PromptRow(prompt_id=p.prompt_id, text=p.text, source=p.source, tags=p.tags, split=p.split) for p in prompts])
+    base_path = config.policy.path or EMBEDDED_PATH
+    store.append([ModelRow(model_id=stable_id("base", base_path), parent_id=None, kind="base", path=base_path,
+                           created_round=0, promoted=True, promotion_reason="base model")])
+    rounds = store.rounds()
+    if round_index is None:
+        unfinished = [r for r in rounds if r.status != "finished"]
+        round_index = unfinished[-1].round_index if unfinished else (rounds[-1].round_index + 1 if rounds else 1)
+    existing = store.round_by_index(round_index)
+    if existing is not None:
+        if existing.constitution_hash != constitution.content_hash:
+            raise StoreError(f"round {round_index} was started with constitution {existing.constitution_hash}; "
+                             f"the config's constitution is now {constitution.content_hash}. Refusing to mix them in one round.")
+        return existing
+    policy = store.current_policy()
+    assert policy is not None  # the base row was inserted above
+    row = RoundRow(round_id=f"round-{round_index:04d}", round_index=round_index, status="running",
+                   policy_id=policy.model_id, constitution_hash=constitution.content_hash,
+                   seed=stable_int("round-seed", config.seed, round_index) % 2**31,
+                   config_json=config.model_dump(mode="json"))
+    store.append([row])
+    return row
+
+
+def select_train_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> list[Prompt]:
+    """Round k takes the k-th window of a fixed shuffle of the train split, so rounds see new prompts."""
+    train = sorted((p for p in prompts if p.split == "train"), key=lambda p: stable_int("train-order", seed, p.prompt_id))
+    if not train:
+        raise ValueError("the prompt source has no train prompts")
+    start = (round_index - 1) * n
+    return [train[(start + i) % len(train)] for i in range(min(n, len(train)))]
+
+
+def select_heldout_prompts(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
+    """The same held-out prompts every round, so rounds are comparable."""
+    heldout = sorted((p for p in prompts if p.split == "heldout"), key=lambda p: stable_int("heldout-order", seed, p.prompt_id))
+    if not heldout:
+        raise ValueError("the prompt source has no heldout prompts")
+    return heldout[:n]
+
+
+# ---- tasks --------------------------------------------------------------------------------------
+
+@task(cache_policy=NO_CACHE)
+def load_policy(store: Store, model_id: str):
+    """Base weights with every adapter of the model's lineage merged in."""
+    chain = store.model_chain(model_id)
+    checkpoint = base_checkpoint(None if chain[0].path == EMBEDDED_PATH else chain[0].path)
+    return load_model(checkpoint, [Path(m.path) for m in chain[1:]]), load_tokenizer(checkpoint)
+
+
+@task(cache_policy=NO_CACHE)
+def load_judge(config: RoundConfig) -> LocalLogprobJudge:
+    checkpoint = base_checkpoint(config.judge.model_path)
+    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
+                             batch_size=config.judge.batch_size, tie_margin=config.judge.tie_margin,
+                             max_completion_tokens=config.judge.max_completion_tokens)
+
+
+@task(cache_policy=NO_CACHE)
+def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, prompts: list[Prompt]):
+    params = SamplingParams(**config.sampler.model_dump(exclude={"backend"}))
+    with progress_bar("sampling completions") as progress:
+        completions = sample_for_round(store, policy, tokenizer, rnd.policy_id, rnd.round_id, prompts,
+                                       config.policy.system_prompt, params, rnd.seed, "train", progress)
+    pairs = pair_samples(completions, rnd.round_id)
+    store.append(pairs)
+    return pairs
+
+
+@task(cache_policy=NO_CACHE)
+def judge_round(store: Store, judge: LocalLogprobJudge, constitution: Constitution, pairs):
+    with progress_bar("judging (both orders)") as progress:
+        return judge_pairs(store, judge, constitution, pairs, progress)
+
+
+@task(cache_policy=NO_CACHE)
+def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, prompts: list[Prompt], verdicts) -> int:
+    tags = {p.prompt_id: p.tags for p in prompts}
+    candidates = [RoutingCandidate(pair_id=p.pair_id, tags=tags.get(p.prompt_id, []), verdict=verdicts[p.pair_id]) for p in pairs]
+    queue = route_spot_checks(candidates, config.routing, rnd.round_id, rnd.seed)
+    store.append(queue)
+    return len(store.review_queue(rnd.round_id))
+
+
+@task(cache_policy=NO_CACHE)
+def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset):
+    with progress_bar("DPO training steps") as progress:
+        return train_candidate(store, policy, tokenizer, dataset, config.training, rnd.policy_id, rnd.round_id,
+                               rnd.round_index, config.artifacts_dir(), config.training.min_pairs, rnd.seed, progress)
+
+
+@task(cache_policy=NO_CACHE)
+def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tokenizer, outcome: TrainOutcome,
+                heldout: list[Prompt]):
+    params = SamplingParams(**config.sampler.model_dump(exclude={"backend"})).model_copy(
+        update={"max_new_tokens": config.eval.max_new_tokens})
+    with progress_bar("eval: sampling") as progress:
+        return sample_head_to_head(store, candidate, tokenizer, rnd.round_id, outcome.candidate_id, rnd.policy_id,
+                                   heldout, config.policy.system_prompt, params, rnd.seed, progress)
+
+
+@task(cache_policy=NO_CACHE)
+def judge_eval(store: Store, rnd: RoundRow, judge: LocalLogprobJudge, constitution: Constitution,
+               outcome: TrainOutcome, pairs) -> EvalOutcome:
+    with progress_bar("eval: judging") as progress:
+        return score_head_to_head(store, judge, constitution, rnd.round_id, outcome.candidate_id, rnd.policy_id,
+                                  pairs, progress)
+
+
+@task(cache_policy=NO_CACHE)
+def promote(store: Store, config: RoundConfig, outcome: TrainOutcome, evaluation: EvalOutcome | None) -> tuple[bool, str]:
+    """Promote the candidate only if it beats the current policy on held-out prompts."""
+    if outcome.candidate_id is None or evaluation is None:
+        return False, f"no candidate: {outcome.reason}"
+    bar = config.eval.min_win_rate
+    promoted = evaluation.win_rate >= bar
+    verb = "promoted" if promoted else "not promoted"
+    decision = f"{verb}: win rate {evaluation.win_rate:.2f} vs bar {bar:.2f} on {evaluation.n} held-out prompts"
+    store.set_promotion(outcome.candidate_id, promoted, decision)
+    return promoted, decision

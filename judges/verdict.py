@@ -1,0 +1,104 @@
+"""Judge outputs and how the two presentation orders of a pair become one verdict.
+
+Everything here is in *pair terms*: "a" and "b" are the pair's two completions, whichever slot
+(A or B) the judge saw them in. A judgment's `shown_order` says which one was shown first.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from constitution.loader import Constitution
+
+Vote = Literal["a", "b", "tie", "n/a"]
+Order = Literal["ab", "ba"]
+
+
+class PairText(BaseModel):
+    """What a judge sees: the customer's message and the pair's two completions."""
+
+    prompt: str
+    text_a: str
+    text_b: str
+
+
+class PrincipleVote(BaseModel):
+    vote: Vote
+    score: float = Field(ge=-1, le=1, description="> 0 favours a")
+    source: Literal["check", "model"]
+    detail: str = ""
+
+
+class OrderJudgment(BaseModel):
+    """A pair judged in one presentation order."""
+
+    order: Order
+    parse_status: Literal["ok", "invalid", "error"]
+    winner: Literal["a", "b", "tie"] | None = None
+    score: float | None = None
+    votes: dict[str, PrincipleVote] = Field(default_factory=dict)
+    rationale: str = ""
+    raw_response: str = ""
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class PairVerdict(BaseModel):
+    status: Literal["ok", "invalid", "error"]
+    winner: Literal["a", "b", "tie"] | None
+    consistent: bool
+    confidence: float
+    score: float | None
+    votes: dict[str, Vote]
+    rationale: str
+
+
+def winner_of(score: float, tie_margin: float) -> Literal["a", "b", "tie"]:
+    if score > tie_margin:
+        return "a"
+    if score < -tie_margin:
+        return "b"
+    return "tie"
+
+
+def weighted_score(votes: dict[str, PrincipleVote], constitution: Constitution) -> float:
+    """Principle scores weighted by the constitution's weights; n/a principles don't count."""
+    total = weight = 0.0
+    for principle in constitution.principles:
+        vote = votes.get(principle.id)
+        if vote is None or vote.vote == "n/a":
+            continue
+        total += principle.weight * vote.score
+        weight += principle.weight
+    return total / weight if weight else 0.0
+
+
+def combine_orders(ab: OrderJudgment, ba: OrderJudgment) -> PairVerdict:
+    """Both orders must name the same winner; if they disagree the pair is a zero-confidence tie.
+
+    The score is the mean of the two orders, which cancels a constant preference for a slot.
+    An invalid or errored order makes the whole verdict invalid/error: never a preference.
+    """
+    if ab.parse_status != "ok" or ba.parse_status != "ok":
+        status = "error" if "error" in (ab.parse_status, ba.parse_status) else "invalid"
+        return PairVerdict(status=status, winner=None, consistent=False, confidence=0.0, score=None,
+                           votes={}, rationale=f"not a preference: order ab {ab.parse_status}, order ba {ba.parse_status}")
+    assert ab.score is not None and ba.score is not None
+    score = (ab.score + ba.score) / 2
+    consistent = ab.winner == ba.winner and ab.winner != "tie"
+    votes: dict[str, Vote] = {}
+    for pid in ab.votes.keys() | ba.votes.keys():
+        va, vb = ab.votes.get(pid), ba.votes.get(pid)
+        votes[pid] = va.vote if va and vb and va.vote == vb.vote else "tie"
+    if consistent:
+        winner, confidence = ab.winner, min(abs(ab.score), abs(ba.score))
+        rationale = f"{winner} preferred in both orders. Order ab: {ab.rationale} Order ba: {ba.rationale}"
+    else:
+        winner, confidence = "tie", 0.0
+        rationale = f"orders disagree (ab: {ab.winner}, ba: {ba.winner}): treated as a tie. Order ab: {ab.rationale} Order ba: {ba.rationale}"
+    return PairVerdict(status="ok", winner=winner, consistent=consistent, confidence=confidence,
+                       score=score, votes=votes, rationale=rationale)

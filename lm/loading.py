@@ -1,0 +1,78 @@
+"""Load a policy: a base checkpoint plus the chain of LoRA adapters promoted on top of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # our stages draw their own bars; per-tensor loading bars are noise
+
+from lm.embedded import embedded_checkpoint
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads oversubscribe torch on CPU)."""
+    try:
+        cores = set()
+        physical = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("physical id"):
+                physical = line.split(":")[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":")[1].strip()
+                cores.add((physical, core))
+        if cores:
+            return max(1, min(len(cores), len(os.sched_getaffinity(0))))
+    except OSError:
+        pass
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads deliberately (None = physical cores); returns the number used."""
+    chosen = threads or physical_cores()
+    torch.set_num_threads(chosen)
+    return chosen
+
+
+def base_checkpoint(path: str | None) -> Path:
+    """The checkpoint directory for `path`, or the embedded SmolLM2 when `path` is None."""
+    if path is None:
+        return embedded_checkpoint()
+    resolved = Path(path)
+    if not (resolved / "config.json").is_file():
+        raise FileNotFoundError(f"model path {resolved} has no config.json (not a checkpoint directory)")
+    return resolved
+
+
+def load_tokenizer(checkpoint: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(checkpoint: Path, adapters: Sequence[Path] = (), dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Base weights with each adapter merged in order: the weights of a promoted policy.
+
+    Merging in memory keeps one code path for every later stage (sampling, judging, training a
+    fresh adapter on top); for 135M parameters on CPU it takes well under a second.
+    """
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    for adapter in adapters:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    return model
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> list[int]:
+    """Token ids of a system + user turn followed by the assistant header (generation prompt)."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))

@@ -1,0 +1,66 @@
+"""Summed log-probabilities of completion tokens given their prompts: the quantity DPO compares.
+
+Layout of a batch (prompts left-padded so every completion starts at the same column P):
+
+    [pad pad p0 p1 ... p_{P-1} | c0 c1 ... c_k pad pad]
+              prompt (masked)     completion (counted, incl. the end-of-turn token if sampled)
+
+so the model only has to produce logits for the last C+1 positions (`logits_to_keep`), and the
+vocabulary projection - the largest tensor here - skips the prompt entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CompletionBatch:
+    input_ids: torch.Tensor        # (B, P + C) long
+    attention_mask: torch.Tensor   # (B, P + C) long, 0 on padding
+    position_ids: torch.Tensor     # (B, P + C) long, counting from each row's first real token
+    completion_ids: torch.Tensor   # (B, C) long, the completion tokens (pad where masked)
+    completion_mask: torch.Tensor  # (B, C) float, 1 exactly on completion tokens
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.completion_ids.shape[1]
+
+
+def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> CompletionBatch:
+    assert len(prompts) == len(completions) and prompts, "one completion per prompt"
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    C = max(max(len(c) for c in completions), 1)
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + C), dtype=torch.long)
+    completion_mask = torch.zeros((B, C), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, P - len(p):P] = 1
+        if c:
+            input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attention_mask[i, P:P + len(c)] = 1
+            completion_mask[i, :len(c)] = 1.0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return CompletionBatch(input_ids, attention_mask, position_ids, input_ids[:, P:].clone(), completion_mask)
+
+
+def sequence_logps(model: torch.nn.Module, batch: CompletionBatch) -> torch.Tensor:
+    """Sum over completion tokens of log p(token | everything before it). Returns (B,) float32."""
+    C = batch.completion_ids.shape[1]
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=C + 1,
+        use_cache=False,
+    )
+    # The kept logits cover positions P-1 .. P+C-1; position P-1+j predicts completion token j.
+    logits = out.logits[:, :C].float()                                   # (B, C, V)
+    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, batch.completion_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)
+    return (token_logps * batch.completion_mask).sum(-1)                  # (B,)

@@ -1,0 +1,68 @@
+"""Load prompts from JSONL (`{"text", "tags", "split"}` per line) or YAML (a list of the same)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from store.ids import stable_id
+
+BUNDLED_PREFIX = "bundled:"
+
+
+class PromptError(ValueError):
+    """A prompt file is missing or invalid; the message names the file and the line."""
+
+
+class Prompt(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+    split: Literal["train", "heldout"] = "train"
+    source: str = ""
+
+    @property
+    def prompt_id(self) -> str:
+        return stable_id("prompt", self.text, self.source)
+
+
+def load_prompts(source: str | Path) -> list[Prompt]:
+    """`bundled:NAME` or a .jsonl/.yaml path. The source name (not the path) goes into each id."""
+    source = str(source)
+    if source.startswith(BUNDLED_PREFIX):
+        name = source[len(BUNDLED_PREFIX):]
+        path = Path(str(resources.files("prompts") / f"{name}.jsonl"))
+        if not path.is_file():
+            raise PromptError(f"no bundled prompt set named {name!r}")
+        source_name = source
+    else:
+        path = Path(source)
+        source_name = path.name
+    if not path.is_file():
+        raise PromptError(f"{path}: prompt file not found")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            records = yaml.safe_load(text) or []
+            if not isinstance(records, list):
+                raise PromptError(f"{path}: expected a list of prompts")
+            numbered = list(enumerate(records, start=1))
+        else:
+            numbered = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PromptError(f"{path}: not valid JSONL/YAML: {exc}") from None
+    prompts = []
+    for number, record in numbered:
+        try:
+            prompts.append(Prompt.model_validate({**record, "source": source_name}) if isinstance(record, dict) else Prompt.model_validate(record))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PromptError(f"{path}: prompt {number}: {problems}") from None
+    if not prompts:
+        raise PromptError(f"{path}: no prompts")
+    return prompts

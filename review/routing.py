@@ -1,0 +1,48 @@
+"""Which pairs go to human spot-check review, and why.
+
+A pair is routed when it falls in the random slice, when its verdict is low-confidence (orders
+disagree, a small margin, or not a valid judgment at all), or when its prompt carries a tag marked
+high-stakes. A per-round cap keeps the queue reviewable; when it binds, high-stakes pairs go first,
+then low-confidence, then random. The random slice is a hash of (seed, pair), so reruns route the
+same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.ids import stable_int
+from store.rows import ReviewQueueRow, VerdictRow
+
+
+class RoutingPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    random_rate: float = Field(default=0.05, ge=0, le=1)
+    low_confidence: bool = True
+    low_confidence_below: float = Field(default=0.1, ge=0, le=1)
+    high_stakes_tags: list[str] = Field(default_factory=list)
+    max_per_round: int = Field(default=50, ge=0)
+
+
+class RoutingCandidate(BaseModel):
+    pair_id: str
+    tags: list[str]
+    verdict: VerdictRow
+
+
+def route_spot_checks(candidates: Sequence[RoutingCandidate], policy: RoutingPolicy, round_id: str, seed: int) -> list[ReviewQueueRow]:
+    routed: list[tuple[int, ReviewQueueRow]] = []
+    for c in candidates:
+        reasons = [f"high_stakes:{t}" for t in c.tags if t in policy.high_stakes_tags]
+        v = c.verdict
+        if policy.low_confidence and (v.status != "ok" or not v.consistent or v.confidence < policy.low_confidence_below):
+            reasons.append("low_confidence")
+        if stable_int("spot-check", seed, c.pair_id) / 2**63 < policy.random_rate:
+            reasons.append("random")
+        if reasons:
+            priority = 0 if reasons[0].startswith("high_stakes") else 1 if "low_confidence" in reasons else 2
+            routed.append((priority, ReviewQueueRow(pair_id=c.pair_id, round_id=round_id, reasons=reasons)))
+    routed.sort(key=lambda item: (item[0], stable_int("cap", seed, item[1].pair_id)))
+    return [row for _, row in routed[: policy.max_per_round]]

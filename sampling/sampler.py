@@ -1,0 +1,148 @@
+"""The sampler contract and the transformers backend (the CPU default).
+
+A request is a chat (system + user message); the sampler returns `n` completions per request with
+their token ids, finish reason and the summed log-probability of the sampled tokens under the
+*untempered* policy - the same quantity DPO needs as the reference log-prob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lm.loading import encode_chat
+from store.ids import stable_int
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    n: int = Field(default=2, gt=0)
+    max_new_tokens: int = Field(default=96, gt=0)
+    temperature: float = Field(default=0.8, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    batch_size: int = Field(default=16, gt=0)
+
+
+class SampleRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    key: str  # the caller's id for this prompt
+    system: str
+    user: str
+
+
+class SampledCompletion(BaseModel):
+    key: str
+    sample_index: int
+    seed: int
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # stop | length
+    sum_logprob: float
+
+
+class SampleBatch(BaseModel):
+    """One generate() call: rows are (request index, sample index); one seed for the whole batch."""
+
+    seed: int
+    rows: list[tuple[int, int]]
+
+
+def plan_batches(n_requests: int, params: SamplingParams, seed: int) -> list[SampleBatch]:
+    """Deterministic batches: the same requests, params and seed always give the same plan.
+
+    Batched sampling draws from one generator per batch, so a completion's text depends on its
+    batch's seed and composition; both are fixed here, which makes every row reproducible.
+    """
+    rows = [(r, s) for r in range(n_requests) for s in range(params.n)]
+    return [
+        SampleBatch(seed=stable_int("batch", seed, i), rows=rows[start:start + params.batch_size])
+        for i, start in enumerate(range(0, len(rows), params.batch_size))
+    ]
+
+
+@torch.no_grad()
+def sample_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[SampleRequest],
+    batch: SampleBatch,
+    params: SamplingParams,
+) -> list[SampledCompletion]:
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id
+    prompts = [encode_chat(tokenizer, requests[r].system, requests[r].user) for r, _ in batch.rows]
+    B, P = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((B, P), pad_id, dtype=torch.long)   # left padding: all prompts end at column P
+    attention_mask = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, P - len(p):] = torch.tensor(p)
+        attention_mask[i, P - len(p):] = 1
+
+    torch.manual_seed(batch.seed)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=0,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        output_logits=True,  # raw logits, before temperature/top-p: the policy's own distribution
+    )
+    new_tokens = out.sequences[:, P:]                                        # (B, T)
+    raw_logits = torch.stack(out.logits, dim=1).float()                      # (B, T, V)
+    token_logps = torch.gather(F.log_softmax(raw_logits, -1), 2, new_tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+    results = []
+    for i, (r, s) in enumerate(batch.rows):
+        tokens = new_tokens[i].tolist()
+        if eos_id in tokens:
+            length, finish = tokens.index(eos_id) + 1, "stop"  # keep the end-of-turn token: DPO scores it too
+        else:
+            length, finish = len(tokens), "length"
+        kept = tokens[:length]
+        results.append(
+            SampledCompletion(
+                key=requests[r].key,
+                sample_index=s,
+                seed=batch.seed,
+                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                token_ids=kept,
+                prompt_tokens=len(prompts[i]),
+                finish_reason=finish,
+                sum_logprob=float(token_logps[i, :length].sum()),
+            )
+        )
+    return results
+
+
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[SampleRequest],
+    params: SamplingParams,
+    seed: int,
+    skip_batch: Callable[[SampleBatch], bool] = lambda batch: False,
+    on_batch: Callable[[list[SampledCompletion]], None] = lambda done: None,
+) -> list[SampledCompletion]:
+    """Sample `params.n` completions for every request, batch by batch.
+
+    `skip_batch` lets the caller skip batches it already has (a resumed round); `on_batch` receives
+    each finished batch (to store it at once and advance a progress bar).
+    """
+    results: list[SampledCompletion] = []
+    for batch in plan_batches(len(requests), params, seed):
+        if skip_batch(batch):
+            continue
+        done = sample_batch(model, tokenizer, requests, batch, params)
+        on_batch(done)
+        results.extend(done)
+    return results

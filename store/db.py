@@ -1,0 +1,274 @@
+"""The DuckDB store: the only module that talks SQL.
+
+One read-write connection per process (DuckDB locks the file against every other process), bulk
+inserts through Arrow, `INSERT OR IGNORE` on deterministic primary keys so reruns add nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from store.rows import (
+    PreferenceRecord,
+    CompletionRow,
+    ModelRow,
+    PairRow,
+    PromptRow,
+    ReviewQueueRow,
+    RoundRow,
+    Row,
+    TrainMetricRow,
+    VerdictRow,
+    utcnow,
+)
+
+R = TypeVar("R", bound=Row)
+
+
+class StoreError(RuntimeError):
+    """The database could not be opened or used (message says which file and why)."""
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every `NNN_name.sql` shipped in store/migrations, in order."""
+    found = []
+    for entry in (resources.files("store") / "migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(version), name, entry.read_text()))
+    return sorted(found)
+
+
+class Store:
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            raise StoreError(f"{self.path}: no such database (run a round first)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"{self.path} is in use by another process or unreadable: {exc}") from exc
+        if not read_only:
+            self._migrate()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ---- schema -------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+        )
+        applied = {v for (v,) in self.con.execute("SELECT version FROM schema_migrations").fetchall()}
+        for version, name, sql in _migrations():
+            if version in applied:
+                continue
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(sql)
+                self.con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()]
+                )
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        return self.con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0]
+
+    # ---- writes -------------------------------------------------------------------------------
+    def append(self, rows: Sequence[Row]) -> int:
+        """Insert rows of one table in one Arrow batch; rows whose key exists are skipped.
+
+        Returns the number of rows actually inserted.
+        """
+        if not rows:
+            return 0
+        table = rows[0].table
+        if any(r.table != table for r in rows):
+            raise ValueError("append() takes rows of a single table")
+        records = [_to_record(r) for r in rows]
+        batch = pa.Table.from_pylist(records)
+        self.con.register("_incoming", batch)
+        try:
+            before = self._count(table)
+            self.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM _incoming")
+            return self._count(table) - before
+        finally:
+            self.con.unregister("_incoming")
+
+    def _count(self, table: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+    def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict) -> None:
+        self.con.execute(
+            "UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ? "
+            "WHERE round_id = ?",
+            [status, reason, json.dumps(summary), utcnow(), round_id],
+        )
+
+    def set_promotion(self, model_id: str, promoted: bool, reason: str) -> None:
+        self.con.execute(
+            "UPDATE models SET promoted = ?, promotion_reason = ? WHERE model_id = ?",
+            [promoted, reason, model_id],
+        )
+
+    # ---- generic reads ------------------------------------------------------------------------
+    def _select(self, cls: type[R], where: str = "TRUE", params: Sequence[Any] = (), order: str = "") -> list[R]:
+        cursor = self.con.execute(
+            f"SELECT * FROM {cls.table} WHERE {where} {('ORDER BY ' + order) if order else ''}",
+            list(params),
+        )
+        columns = [d[0] for d in cursor.description]
+        return [_from_record(cls, dict(zip(columns, values))) for values in cursor.fetchall()]
+
+    def by_ids(self, cls: type[R], ids: Iterable[str]) -> dict[str, R]:
+        """Rows of a single-key table whose key is in `ids`, keyed by id."""
+        (key,) = cls.key
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        rows = self._select(cls, f"{key} IN (SELECT unnest(?))", [wanted])
+        return {getattr(r, key): r for r in rows}
+
+    def count_rows(self) -> dict[str, int]:
+        tables = [
+            t for (t,) in self.con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                "AND table_name <> 'schema_migrations' ORDER BY table_name"
+            ).fetchall()
+        ]
+        return {t: self._count(t) for t in tables}
+
+    # ---- rounds and models --------------------------------------------------------------------
+    def rounds(self) -> list[RoundRow]:
+        return self._select(RoundRow, order="round_index")
+
+    def round_by_index(self, round_index: int) -> RoundRow | None:
+        found = self._select(RoundRow, "round_index = ?", [round_index])
+        return found[0] if found else None
+
+    def current_policy(self) -> ModelRow | None:
+        """The most recently promoted model (a base model counts as promoted at round 0)."""
+        found = self._select(ModelRow, "promoted", order="created_round DESC, created_at DESC")
+        return found[0] if found else None
+
+    def model_chain(self, model_id: str) -> list[ModelRow]:
+        """The model and its ancestors, base first (an adapter applies on top of its parent)."""
+        chain: list[ModelRow] = []
+        next_id: str | None = model_id
+        while next_id is not None:
+            found = self.by_ids(ModelRow, [next_id])
+            if next_id not in found:
+                raise StoreError(f"model {next_id} is not in {self.path}")
+            chain.append(found[next_id])
+            next_id = found[next_id].parent_id
+        return chain[::-1]
+
+    # ---- round data ---------------------------------------------------------------------------
+    def pairs(self, round_id: str, purpose: str) -> list[PairRow]:
+        return self._select(PairRow, "round_id = ? AND purpose = ?", [round_id, purpose], "pair_id")
+
+    def prompts(self, split: str | None = None) -> list[PromptRow]:
+        if split is None:
+            return self._select(PromptRow, order="prompt_id")
+        return self._select(PromptRow, "split = ?", [split], "prompt_id")
+
+    def completions_of_round(self, round_id: str, purpose: str) -> list[CompletionRow]:
+        return self._select(CompletionRow, "round_id = ? AND purpose = ?", [round_id, purpose], "completion_id")
+
+    def verdicts(self, pair_ids: Iterable[str], judge_id: str, constitution_hash: str) -> dict[str, VerdictRow]:
+        rows = self._select(
+            VerdictRow,
+            "pair_id IN (SELECT unnest(?)) AND judge_id = ? AND constitution_hash = ?",
+            [list(pair_ids), judge_id, constitution_hash],
+        )
+        return {r.pair_id: r for r in rows}
+
+    def confident_preferences(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
+        """Train pairs of a round whose verdict is valid, consistent across orders and not a tie."""
+        cursor = self.con.execute(
+            """
+            SELECT p.pair_id, pr.text AS prompt,
+                   CASE v.winner WHEN 'a' THEN ca.text ELSE cb.text END AS chosen_text,
+                   CASE v.winner WHEN 'a' THEN cb.text ELSE ca.text END AS rejected_text,
+                   CASE v.winner WHEN 'a' THEN ca.token_ids ELSE cb.token_ids END AS chosen_ids,
+                   CASE v.winner WHEN 'a' THEN cb.token_ids ELSE ca.token_ids END AS rejected_ids,
+                   v.confidence, v.rationale
+            FROM pairs p
+            JOIN verdicts v ON v.pair_id = p.pair_id AND v.judge_id = ? AND v.constitution_hash = ?
+            JOIN completions ca ON ca.completion_id = p.completion_a
+            JOIN completions cb ON cb.completion_id = p.completion_b
+            JOIN prompts pr ON pr.prompt_id = p.prompt_id
+            WHERE p.round_id = ? AND p.purpose = 'train'
+              AND v.status = 'ok' AND v.consistent AND v.winner IN ('a', 'b')
+            ORDER BY p.pair_id
+            """,
+            [judge_id, constitution_hash, round_id],
+        )
+        columns = [d[0] for d in cursor.description]
+        return [PreferenceRecord(**dict(zip(columns, values))) for values in cursor.fetchall()]
+
+    def review_queue(self, round_id: str) -> list[ReviewQueueRow]:
+        return self._select(ReviewQueueRow, "round_id = ?", [round_id], "pair_id")
+
+    def train_metrics(self, run_id: str) -> list[TrainMetricRow]:
+        return self._select(TrainMetricRow, "run_id = ?", [run_id], "step")
+
+    def round_stats(self, round_id: str) -> dict[str, Any]:
+        """Counts and rates for one round, for `rlaif status` and the round summary."""
+        q = self.con.execute(
+            """
+            SELECT
+              (SELECT count(*) FROM completions WHERE round_id = $r AND purpose = 'train'),
+              count(v.pair_id),
+              count(*) FILTER (WHERE v.status = 'ok'),
+              count(*) FILTER (WHERE v.status = 'ok' AND v.consistent),
+              count(*) FILTER (WHERE v.status <> 'ok'),
+              (SELECT count(*) FROM review_queue WHERE round_id = $r)
+            FROM pairs p JOIN verdicts v USING (pair_id)
+            WHERE p.round_id = $r AND p.purpose = 'train'
+            """,
+            {"r": round_id},
+        ).fetchall()[0]
+        completions, judged, ok, consistent, invalid, queued = q
+        return {
+            "completions": completions,
+            "pairs_judged": judged,
+            "consistent_pairs": consistent,
+            "position_consistency": consistent / ok if ok else None,
+            "invalid_rate": invalid / judged if judged else None,
+            "spot_checks_queued": queued,
+        }
+
+
+def _to_record(row: Row) -> dict[str, Any]:
+    record = row.model_dump()
+    for name, value in record.items():
+        if name.endswith("_json") and value is not None:
+            record[name] = json.dumps(value, sort_keys=True)
+    return record
+
+
+def _from_record(cls: type[R], record: dict[str, Any]) -> R:
+    for name, value in record.items():
+        if name.endswith("_json") and isinstance(value, str):
+            record[name] = json.loads(value)
+    return cls(**record)

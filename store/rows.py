@@ -1,0 +1,198 @@
+"""One pydantic model per table: what the stage libraries hand to the store.
+
+Fields ending in `_json` hold dicts/lists and are serialised by the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: ClassVar[str]
+    key: ClassVar[tuple[str, ...]]
+
+
+class ModelRow(Row):
+    table: ClassVar[str] = "models"
+    key: ClassVar[tuple[str, ...]] = ("model_id",)
+    model_id: str
+    parent_id: str | None
+    kind: Literal["base", "adapter"]
+    path: str
+    created_round: int
+    promoted: bool
+    promotion_reason: str | None = None
+    data_hash: str | None = None
+    config_json: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PromptRow(Row):
+    table: ClassVar[str] = "prompts"
+    key: ClassVar[tuple[str, ...]] = ("prompt_id",)
+    prompt_id: str
+    text: str
+    source: str
+    tags: list[str]
+    split: Literal["train", "heldout"]
+
+
+class CompletionRow(Row):
+    table: ClassVar[str] = "completions"
+    key: ClassVar[tuple[str, ...]] = ("completion_id",)
+    completion_id: str
+    round_id: str
+    prompt_id: str
+    model_id: str
+    purpose: Literal["train", "eval"]
+    sample_index: int
+    seed: int
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    sum_logprob: float
+    sampling_json: dict[str, Any]
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PairRow(Row):
+    table: ClassVar[str] = "pairs"
+    key: ClassVar[tuple[str, ...]] = ("pair_id",)
+    pair_id: str
+    round_id: str
+    prompt_id: str
+    purpose: Literal["train", "eval"]
+    completion_a: str
+    completion_b: str
+
+
+ParseStatus = Literal["ok", "invalid", "error"]
+Winner = Literal["a", "b", "tie"]
+
+
+class JudgmentRow(Row):
+    table: ClassVar[str] = "judgments"
+    key: ClassVar[tuple[str, ...]] = ("judgment_id",)
+    judgment_id: str
+    pair_id: str
+    judge_id: str
+    constitution_hash: str
+    prompt_version: str
+    shown_order: Literal["ab", "ba"]
+    parse_status: ParseStatus
+    winner: Winner | None
+    score: float | None
+    votes_json: dict[str, Any]
+    rationale: str
+    raw_response: str
+    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class VerdictRow(Row):
+    table: ClassVar[str] = "verdicts"
+    key: ClassVar[tuple[str, ...]] = ("pair_id", "judge_id", "constitution_hash")
+    pair_id: str
+    judge_id: str
+    constitution_hash: str
+    status: ParseStatus
+    winner: Winner | None
+    consistent: bool
+    confidence: float
+    score: float | None
+    votes_json: dict[str, Any]
+    rationale: str
+    judgment_ab: str
+    judgment_ba: str
+
+
+class ReviewQueueRow(Row):
+    table: ClassVar[str] = "review_queue"
+    key: ClassVar[tuple[str, ...]] = ("pair_id",)
+    pair_id: str
+    round_id: str
+    reasons: list[str]
+    queued_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainRunRow(Row):
+    table: ClassVar[str] = "train_runs"
+    key: ClassVar[tuple[str, ...]] = ("run_id",)
+    run_id: str
+    round_id: str
+    parent_model_id: str
+    candidate_id: str
+    data_hash: str
+    n_pairs: int
+    audit_json: dict[str, Any]
+    config_json: dict[str, Any]
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainMetricRow(Row):
+    table: ClassVar[str] = "train_metrics"
+    key: ClassVar[tuple[str, ...]] = ("run_id", "step")
+    run_id: str
+    step: int
+    loss: float
+    reward_chosen: float
+    reward_rejected: float
+    reward_margin: float
+    reward_accuracy: float
+    grad_norm: float
+    lr: float
+    tokens_per_s: float
+
+
+class EvalRow(Row):
+    table: ClassVar[str] = "evals"
+    key: ClassVar[tuple[str, ...]] = ("round_id", "candidate_id", "baseline_id", "metric")
+    round_id: str
+    candidate_id: str
+    baseline_id: str
+    metric: str
+    value: float
+    n: int
+
+
+class RoundRow(Row):
+    table: ClassVar[str] = "rounds"
+    key: ClassVar[tuple[str, ...]] = ("round_id",)
+    round_id: str
+    round_index: int
+    status: Literal["running", "finished", "failed"]
+    status_reason: str | None = None
+    policy_id: str
+    constitution_hash: str
+    seed: int
+    config_json: dict[str, Any]
+    summary_json: dict[str, Any] | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class PreferenceRecord(BaseModel):
+    """A query result, not a table: one trustworthy preference with its texts and token ids."""
+
+    pair_id: str
+    prompt: str
+    chosen_text: str
+    rejected_text: str
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    confidence: float
+    rationale: str
