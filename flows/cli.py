@@ -61,6 +61,7 @@ def _print_summary(s) -> None:
     num = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     table.add_row("pairs judged (both orders)", str(s.pairs_judged))
     table.add_row("position consistency", f"{pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
+    table.add_row("invalid judgments", pct(s.invalid_rate))
     table.add_row("spot-checks queued", str(s.spot_checks_queued))
     table.add_row("DPO pairs", str(s.train.n_pairs))
     table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
@@ -113,6 +114,84 @@ def demo(db: Optional[Path] = DB_OPTION) -> None:
     _guard(lambda: _run(_prepare(load_config(Path(str(resources.files("flows") / "demo.yaml"))), db), None))()
 
 
+def _round_or_latest(store: Store, round_index: Optional[int]):
+    rounds = store.rounds()
+    if not rounds:
+        raise StoreError(f"{store.path} has no rounds yet")
+    if round_index is None:
+        return rounds[-1]
+    found = store.round_by_index(round_index)
+    if found is None:
+        raise StoreError(f"{store.path} has no round {round_index}")
+    return found
+
+
+@app.command()
+def judge(
+    config: Path = typer.Option(..., "--config", "-c", help="config whose judge section to use"),
+    round_index: Optional[int] = typer.Option(None, "--round", help="round to re-judge (default: the latest)"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Re-judge a stored round's pairs with the config's judge (to compare judges); cached judgments are free."""
+    def run() -> None:
+        cfg = _prepare(load_config(config), db)
+        from flows.progress import progress_bar
+        from flows.round import build_judge
+        from judges.stage import judge_pairs
+
+        constitution = load_constitution(cfg.constitution)
+        with Store(cfg.db_path()) as store:
+            rnd = _round_or_latest(store, round_index)
+            pairs = store.pairs(rnd.round_id, "train")
+            judge_ = build_judge(cfg)
+            with progress_bar("judging (both orders)") as progress:
+                judge_pairs(store, judge_, constitution, pairs, progress)
+            _print_judge_stats(store, rnd)
+    _guard(run)()
+
+
+@app.command("judge-stats")
+def judge_stats_command(
+    round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
+    db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file"),
+) -> None:
+    """Position consistency, tie and invalid rates, per-principle votes, and agreement between judges."""
+    def run() -> None:
+        with Store(db, read_only=True) as store:
+            _print_judge_stats(store, _round_or_latest(store, round_index))
+    _guard(run)()
+
+
+def _print_judge_stats(store: Store, rnd) -> None:
+    from judges.stats import agreement, judge_stats
+
+    grouped = store.verdicts_of_round(rnd.round_id)
+    if not grouped:
+        console.print(f"round {rnd.round_index} has no judged pairs")
+        return
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    table = Table(title=f"judges on round {rnd.round_index}")
+    for col in ("judge", "constitution", "pairs", "position consistency", "ties", "invalid"):
+        table.add_column(col)
+    stats = {key: judge_stats(rows) for key, rows in grouped.items()}
+    for (judge_id, chash), s in stats.items():
+        table.add_row(judge_id, chash, str(s.pairs), pct(s.position_consistency), pct(s.tie_rate), pct(s.invalid_rate))
+    console.print(table)
+    for (judge_id, _), s in stats.items():
+        votes = Table(title=f"combined principle votes: {judge_id}")
+        for col in ("principle", "a", "b", "tie", "n/a"):
+            votes.add_column(col)
+        for principle, counts in s.principle_votes.items():
+            votes.add_row(principle, *(str(counts[k]) for k in ("a", "b", "tie", "n/a")))
+        console.print(votes)
+    keys = list(grouped)
+    for i, left in enumerate(keys):
+        for right in keys[i + 1:]:
+            a = agreement(grouped[left], grouped[right])
+            kappa = "-" if a.kappa is None else f"{a.kappa:.2f}"
+            console.print(f"agreement {left[0]} vs {right[0]}: {pct(a.accuracy)} same winner, kappa {kappa} (n={a.n})")
+
+
 @app.command()
 def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
     """Rounds, counts and the last metrics from the store."""
@@ -120,15 +199,16 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
         with Store(db, read_only=True) as store:
             rounds = store.rounds()
             table = Table(title=f"rounds in {db}")
-            for col in ("round", "status", "policy", "pairs", "consistency", "spot-checks", "DPO loss first→last", "win rate", "promoted", "why"):
+            for col in ("round", "status", "policy", "pairs", "consistency", "invalid", "spot-checks", "DPO loss first→last", "win rate", "promoted", "why"):
                 table.add_column(col)
             for r in rounds:
-                stats = store.round_stats(r.round_id)
                 s = r.summary_json or {}
+                stats = store.round_stats(r.round_id, s.get("judge_id"))
                 train, ev = s.get("train") or {}, s.get("eval") or {}
                 loss = "-" if train.get("first_loss") is None else f"{train['first_loss']:.4f}→{train['last_loss']:.4f}"
                 cons = "-" if stats["position_consistency"] is None else f"{stats['position_consistency']:.0%}"
-                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats["pairs_judged"]), cons,
+                invalid = "-" if stats["invalid_rate"] is None else f"{stats['invalid_rate']:.0%}"
+                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats["pairs_judged"]), cons, invalid,
                               str(stats["spot_checks_queued"]), loss,
                               "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no",
                               r.status_reason or "")

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from constitution.loader import format_validation_error
+from judges.openai_judge import OpenAIJudgeSettings
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
 from training.trainer import DPOParams
@@ -48,11 +49,20 @@ class SamplerConfig(SamplingParams):
 
 
 class JudgeConfig(_Section):
-    kind: Literal["local_logprob"] = "local_logprob"
+    kind: Literal["local_logprob", "openai"] = "local_logprob"
+    # local_logprob: a local transformers model, verdict read from p("A") vs p("B")
     model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
     batch_size: int = Field(default=8, gt=0)
     tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
     max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
+    # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
+    openai: OpenAIJudgeSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> JudgeConfig:
+        if self.kind == "openai" and self.openai is None:
+            raise ValueError("judge.kind is openai but the judge.openai section (base_url, model, ...) is missing")
+        return self
 
 
 class TrainingConfig(DPOParams):

@@ -21,7 +21,8 @@ from evals.stage import EvalOutcome, sample_head_to_head, score_head_to_head
 from flows.config import RoundConfig
 from flows.progress import progress_bar
 from judges.local_logprob import LocalLogprobJudge
-from judges.stage import judge_pairs
+from judges.openai_judge import OpenAIJudge
+from judges.stage import PairwiseJudge, judge_pairs
 from lm.embedded import EMBEDDED_MODEL_NAME
 from lm.loading import base_checkpoint, load_model, load_tokenizer, set_threads
 from prompts.loader import Prompt, load_prompts
@@ -40,10 +41,12 @@ class RoundSummary(BaseModel):
     round_index: int
     round_id: str
     policy_id: str
+    judge_id: str
     threads: int
     pairs_judged: int
     consistent_pairs: int
     position_consistency: float | None
+    invalid_rate: float | None
     spot_checks_queued: int
     train: TrainOutcome
     eval: EvalOutcome | None
@@ -91,11 +94,11 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
     promoted, decision = promote(store, config, outcome, evaluation)
 
-    stats = store.round_stats(rnd.round_id)
+    stats = store.round_stats(rnd.round_id, judge.judge_id)
     return RoundSummary(
-        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, threads=threads,
+        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id, threads=threads,
         pairs_judged=stats["pairs_judged"], consistent_pairs=stats["consistent_pairs"],
-        position_consistency=stats["position_consistency"], spot_checks_queued=queued,
+        position_consistency=stats["position_consistency"], invalid_rate=stats["invalid_rate"], spot_checks_queued=queued,
         train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
     )
 
@@ -157,7 +160,14 @@ def load_policy(store: Store, model_id: str):
 
 
 @task(cache_policy=NO_CACHE)
-def load_judge(config: RoundConfig) -> LocalLogprobJudge:
+def load_judge(config: RoundConfig) -> PairwiseJudge:
+    return build_judge(config)
+
+
+def build_judge(config: RoundConfig) -> PairwiseJudge:
+    """The judge the config asks for (also used by `rlaif judge` to re-judge a stored round)."""
+    if config.judge.kind == "openai":
+        return OpenAIJudge(config.judge.openai)
     checkpoint = base_checkpoint(config.judge.model_path)
     return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
                              batch_size=config.judge.batch_size, tie_margin=config.judge.tie_margin,
@@ -176,7 +186,7 @@ def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, policy, token
 
 
 @task(cache_policy=NO_CACHE)
-def judge_round(store: Store, judge: LocalLogprobJudge, constitution: Constitution, pairs):
+def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs):
     with progress_bar("judging (both orders)") as progress:
         return judge_pairs(store, judge, constitution, pairs, progress)
 
@@ -208,7 +218,7 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tok
 
 
 @task(cache_policy=NO_CACHE)
-def judge_eval(store: Store, rnd: RoundRow, judge: LocalLogprobJudge, constitution: Constitution,
+def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution,
                outcome: TrainOutcome, pairs) -> EvalOutcome:
     with progress_bar("eval: judging") as progress:
         return score_head_to_head(store, judge, constitution, rnd.round_id, outcome.candidate_id, rnd.policy_id,

@@ -226,14 +226,24 @@ class Store:
         columns = [d[0] for d in cursor.description]
         return [PreferenceRecord(**dict(zip(columns, values))) for values in cursor.fetchall()]
 
+    def verdicts_of_round(self, round_id: str, purpose: str = "train") -> dict[tuple[str, str], list[VerdictRow]]:
+        """Every verdict on the round's pairs, grouped by (judge id, constitution hash)."""
+        rows = self._select(
+            VerdictRow, "pair_id IN (SELECT pair_id FROM pairs WHERE round_id = ? AND purpose = ?)",
+            [round_id, purpose], "judge_id, pair_id")
+        grouped: dict[tuple[str, str], list[VerdictRow]] = {}
+        for r in rows:
+            grouped.setdefault((r.judge_id, r.constitution_hash), []).append(r)
+        return grouped
+
     def review_queue(self, round_id: str) -> list[ReviewQueueRow]:
         return self._select(ReviewQueueRow, "round_id = ?", [round_id], "pair_id")
 
     def train_metrics(self, run_id: str) -> list[TrainMetricRow]:
         return self._select(TrainMetricRow, "run_id = ?", [run_id], "step")
 
-    def round_stats(self, round_id: str) -> dict[str, Any]:
-        """Counts and rates for one round, for `rlaif status` and the round summary."""
+    def round_stats(self, round_id: str, judge_id: str | None) -> dict[str, Any]:
+        """Counts and rates of one round's train pairs under the round's judge (for status and the summary)."""
         q = self.con.execute(
             """
             SELECT
@@ -243,10 +253,10 @@ class Store:
               count(*) FILTER (WHERE v.status = 'ok' AND v.consistent),
               count(*) FILTER (WHERE v.status <> 'ok'),
               (SELECT count(*) FROM review_queue WHERE round_id = $r)
-            FROM pairs p JOIN verdicts v USING (pair_id)
+            FROM pairs p JOIN verdicts v ON v.pair_id = p.pair_id AND v.judge_id = $j
             WHERE p.round_id = $r AND p.purpose = 'train'
             """,
-            {"r": round_id},
+            {"r": round_id, "j": judge_id},
         ).fetchall()[0]
         completions, judged, ok, consistent, invalid, queued = q
         return {

@@ -9,7 +9,9 @@ from judges.local_logprob import LocalLogprobJudge
 from judges.stage import judge_pairs
 from judges.verdict import OrderJudgment, PrincipleVote, combine_orders
 from store.db import Store
-from store.rows import CompletionRow, JudgmentRow, PairRow, PromptRow
+from store.rows import JudgmentRow
+
+from helpers import seed_pairs
 
 
 def order(o: str, winner: str | None, score: float | None, status: str = "ok") -> OrderJudgment:
@@ -46,29 +48,12 @@ class CountingJudge(LocalLogprobJudge):
         return super().judge(items, constitution, progress)
 
 
-def seed_pairs(store: Store, n: int) -> list[PairRow]:
-    prompts, completions, pairs = [], [], []
-    for i in range(n):
-        prompts.append(PromptRow(prompt_id=f"p{i}", text=f"Where is order {i}?", source="t", tags=[], split="train"))
-        for s, text in enumerate([f"It ships tomorrow, order {i}.", f"Best regards, [Your Name] {i}"]):
-            completions.append(CompletionRow(
-                completion_id=f"c{i}{s}", round_id="r", prompt_id=f"p{i}", model_id="m", purpose="train", sample_index=s,
-                seed=0, text=text, token_ids=[1, 2], prompt_tokens=3, completion_tokens=2, finish_reason="stop",
-                sum_logprob=-1.0, sampling_json={}))
-        pairs.append(PairRow(pair_id=f"pair{i}", round_id="r", prompt_id=f"p{i}", purpose="train",
-                             completion_a=f"c{i}0", completion_b=f"c{i}1"))
-    store.append(prompts)
-    store.append(completions)
-    store.append(pairs)
-    return pairs
-
-
 def test_judging_twice_makes_zero_new_judge_calls(tiny_model, tmp_path):
     model, tokenizer = tiny_model
     constitution = load_constitution("bundled:support")
     judge = CountingJudge(model, tokenizer, "tiny", batch_size=4)
     with Store(tmp_path / "j.duckdb") as store:
-        pairs = seed_pairs(store, 3)
+        pairs = seed_pairs(store, [(f"Where is order {i}?", f"It ships tomorrow, order {i}.", f"Best regards, [Your Name] {i}") for i in range(3)])
         CountingJudge.calls = 0
         first = judge_pairs(store, judge, constitution, pairs)
         assert CountingJudge.calls == 6                      # 3 pairs x 2 orders

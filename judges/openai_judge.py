@@ -1,0 +1,257 @@
+"""A pairwise judge behind any OpenAI-compatible endpoint (OpenAI, `vllm serve`, llama.cpp, ...).
+
+One request per (pair, order): the constitution's model-judged principles are rendered into a
+versioned template and the model answers with per-principle votes and a rationale as JSON.
+
+- Structured output: a JSON schema (`response_format`) when the server takes one, else the strict
+  JSON prompt alone; either way the reply is validated with pydantic. A reply that fails
+  validation is retried once with the error shown to the model, then recorded as `invalid`.
+- Transport faults (429, 5xx, timeouts, connection errors) are retried with exponential backoff
+  and full jitter; when retries run out the judgment is recorded as `error`. Neither is ever
+  counted as a preference.
+- Requests run concurrently up to `concurrency`; a per-round budget of requests and dollars stops
+  spending (the rest are recorded as `error: budget exhausted`).
+- The API key is read from the environment variable the config names; it is never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import httpx
+import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from constitution.loader import Constitution, Principle
+from judges.checks import check_votes
+from judges.templates import JudgeTemplate, load_template
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, weighted_score, winner_of
+from store.ids import stable_id, stable_int
+
+TEMPLATE_NAME = "pairwise_json_v1"
+SlotVote = Literal["A", "B", "tie", "n/a"]
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+class OpenAIJudgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    model: str
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="name of the env var holding the key")
+    concurrency: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0, description="per request, for 429/5xx/timeouts/connection errors")
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=20.0, gt=0)
+    max_requests: int | None = Field(default=None, gt=0, description="per-round request budget")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="per-round cost budget")
+    usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
+    usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
+    structured_output: Literal["auto", "json_schema", "json_prompt"] = "auto"
+    max_tokens: int = Field(default=400, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    principles_per_comparison: int | None = Field(
+        default=None, gt=0, description="Constitutional-AI mode: judge a sampled subset of k principles per pair")
+    tie_margin: float = Field(default=0.05, ge=0, lt=1)
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+class _Spend:
+    """Requests and dollars spent by one judge instance (one round)."""
+
+    def __init__(self, settings: OpenAIJudgeSettings):
+        self.settings, self.requests, self.cost_usd = settings, 0, 0.0
+
+    def reserve(self) -> None:
+        s = self.settings
+        if s.max_requests is not None and self.requests >= s.max_requests:
+            raise BudgetExhausted(f"request budget of {s.max_requests} exhausted")
+        if s.max_cost_usd is not None and self.cost_usd >= s.max_cost_usd:
+            raise BudgetExhausted(f"cost budget of ${s.max_cost_usd} exhausted")
+        self.requests += 1
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> float:
+        cost = (prompt_tokens * self.settings.usd_per_1k_prompt_tokens
+                + completion_tokens * self.settings.usd_per_1k_completion_tokens) / 1000
+        self.cost_usd += cost
+        return cost
+
+
+@functools.lru_cache(maxsize=256)
+def response_format(principle_ids: tuple[str, ...]) -> dict:
+    return {"type": "json_schema", "json_schema": {
+        "name": "pairwise_verdict", "schema": reply_model(principle_ids).model_json_schema(), "strict": True}}
+
+
+@functools.lru_cache(maxsize=256)
+def reply_model(principle_ids: tuple[str, ...]) -> type[BaseModel]:
+    """The pydantic model of a valid reply: exactly these principle ids, each voted A|B|tie|n/a."""
+    votes = create_model("Votes", __config__=ConfigDict(extra="forbid"), **{pid: (SlotVote, ...) for pid in principle_ids})
+    return create_model("JudgeReply", __config__=ConfigDict(extra="forbid"), votes=(votes, ...),
+                        rationale=(str, Field(min_length=1)))
+
+
+def parse_reply(content: str | None, model: type[BaseModel]) -> BaseModel:
+    """Validate the model's reply; a ```json fence around the object is tolerated, nothing else."""
+    text = (content or "").strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.DOTALL)
+    return model.model_validate_json(fenced.group(1) if fenced else text)
+
+
+class OpenAIJudge:
+    def __init__(self, settings: OpenAIJudgeSettings, template: JudgeTemplate | None = None,
+                 client_factory: Callable[[], openai.AsyncOpenAI] | None = None):
+        self.settings = settings
+        self.template = template or load_template(TEMPLATE_NAME)
+        identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens", "principles_per_comparison", "tie_margin"})
+        self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
+        self.prompt_version = self.template.version
+        self.spend = _Spend(settings)
+        self._client_factory = client_factory or self._default_client
+        self._use_schema = settings.structured_output != "json_prompt"
+
+    def _default_client(self) -> openai.AsyncOpenAI:
+        key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
+        # Retries are ours (counted against the budget, with jitter), so the client's own are off.
+        return openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=key or "not-needed",
+                                  max_retries=0, timeout=self.settings.timeout_s)
+
+    # ---- the PairwiseJudge interface ----------------------------------------------------------
+    def judge(self, items: Sequence[tuple[PairText, Order]], constitution: Constitution,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> list[OrderJudgment]:
+        return asyncio.run(self._judge_all(items, constitution, progress))
+
+    async def _judge_all(self, items, constitution, progress) -> list[OrderJudgment]:
+        client = self._client_factory()
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        done = [0]
+
+        async def one(item: tuple[PairText, Order]) -> OrderJudgment:
+            async with gate:
+                result = await self._judge_one(client, item[0], item[1], constitution)
+            done[0] += 1
+            progress(done[0], len(items))
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(item) for item in items)))
+        finally:
+            await client.close()
+
+    # ---- one (pair, order) --------------------------------------------------------------------
+    def principles_for(self, pair: PairText, constitution: Constitution) -> list[Principle]:
+        """Model-judged principles; in Constitutional-AI mode a subset fixed by the pair (both orders see the same)."""
+        judged = [p for p in constitution.principles if p.check is None]
+        k = self.settings.principles_per_comparison
+        if k is None or k >= len(judged):
+            return judged
+        rng = random.Random(stable_int("cai-subset", pair.prompt, pair.text_a, pair.text_b))
+        chosen = set(p.id for p in rng.sample(judged, k))
+        return [p for p in judged if p.id in chosen]
+
+    def render(self, pair: PairText, order: Order, principles: Sequence[Principle]) -> list[dict]:
+        first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+        hint = json.dumps({"votes": {p.id: "A | B | tie | n/a" for p in principles}, "rationale": "..."})
+        user = self.template.user.format(
+            principles="\n".join(f"- {p.id}: {p.text}" for p in principles), prompt=pair.prompt,
+            response_a=first, response_b=second, schema_hint=hint)
+        return [{"role": "system", "content": self.template.system}, {"role": "user", "content": user}]
+
+    async def _judge_one(self, client, pair: PairText, order: Order, constitution: Constitution) -> OrderJudgment:
+        principles = self.principles_for(pair, constitution)
+        principle_ids = tuple(p.id for p in principles)
+        schema = reply_model(principle_ids)
+        messages = self.render(pair, order, principles)
+        started = time.perf_counter()
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        raw: list[str] = []
+        try:
+            for attempt in range(2):  # a reply that fails validation gets one retry with the error shown
+                content = await self._complete(client, messages, principle_ids, usage)
+                raw.append(content or "")
+                try:
+                    reply = parse_reply(content, schema)
+                    break
+                except ValidationError as exc:
+                    error = _short_validation_error(exc)
+                    messages = messages + [
+                        {"role": "assistant", "content": content or ""},
+                        {"role": "user", "content": f"That reply was not valid: {error}. Answer again with only the JSON object."},
+                    ]
+            else:
+                return self._failed(order, "invalid", f"reply failed validation twice: {error}", raw, started, usage)
+        except BudgetExhausted as exc:
+            return self._failed(order, "error", str(exc), raw, started, usage)
+        except (openai.APIError, httpx.HTTPError) as exc:
+            return self._failed(order, "error", f"{type(exc).__name__}: {exc}", raw, started, usage)
+
+        votes = check_votes(pair, constitution)
+        for p in principles:
+            slot = getattr(reply.votes, p.id)
+            votes[p.id] = _to_pair_vote(slot, order)
+        score = weighted_score(votes, constitution)
+        winner = winner_of(score, self.settings.tie_margin)
+        principle_part = "; ".join(f"{pid}={v.vote}" for pid, v in votes.items())
+        return OrderJudgment(
+            order=order, parse_status="ok", winner=winner, score=score, votes=votes,
+            rationale=f"{reply.rationale} [{principle_part}]", raw_response="\n---\n".join(raw),
+            latency_s=time.perf_counter() - started, **usage,
+        )
+
+    async def _complete(self, client, messages: list[dict], principle_ids: tuple[str, ...], usage: dict) -> str | None:
+        """One chat completion with retries on transport faults; falls back from JSON schema if refused."""
+        for attempt in range(self.settings.max_retries + 1):
+            self.spend.reserve()
+            kwargs = dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
+                          max_tokens=self.settings.max_tokens)
+            if self._use_schema:
+                kwargs["response_format"] = response_format(principle_ids)
+            try:
+                response = await client.chat.completions.create(**kwargs)
+            except openai.BadRequestError:
+                if self._use_schema and self.settings.structured_output == "auto":
+                    self._use_schema = False  # this server takes no JSON schema: the strict prompt alone
+                    continue
+                raise
+            except RETRYABLE:
+                if attempt == self.settings.max_retries:
+                    raise
+                ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt)
+                await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
+                continue
+            if response.usage is not None:
+                usage["prompt_tokens"] += response.usage.prompt_tokens or 0
+                usage["completion_tokens"] += response.usage.completion_tokens or 0
+                usage["cost_usd"] += self.spend.charge(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
+            if not response.choices:
+                return None
+            return response.choices[0].message.content
+        raise openai.APIConnectionError(message="retries exhausted", request=None)  # pragma: no cover
+
+    def _failed(self, order: Order, status: str, reason: str, raw: list[str], started: float, usage: dict) -> OrderJudgment:
+        return OrderJudgment(order=order, parse_status=status, rationale=reason, raw_response="\n---\n".join(raw),
+                             latency_s=time.perf_counter() - started, **usage)
+
+
+def _to_pair_vote(slot: str, order: Order) -> PrincipleVote:
+    if slot in ("tie", "n/a"):
+        return PrincipleVote(vote=slot, score=0.0, source="model", detail=f"judge said {slot}")
+    first_is_a = order == "ab"
+    winner_is_a = (slot == "A") == first_is_a
+    return PrincipleVote(vote="a" if winner_is_a else "b", score=1.0 if winner_is_a else -1.0, source="model",
+                         detail=f"judge said {slot}")
+
+
+def _short_validation_error(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:5])

@@ -1,0 +1,124 @@
+"""A small, real OpenAI-compatible HTTP server on 127.0.0.1 for judge tests and benchmarks.
+
+It answers /v1/chat/completions like a judge that always prefers the *shorter* reply (so its
+verdicts are position-consistent), and it misbehaves on request when the customer message
+contains a fault keyword:
+
+  FAULT:429        first request for that message gets 429, later ones succeed
+  FAULT:500        first request gets 500, later ones succeed
+  FAULT:slow       first request sleeps past the client's timeout, later ones succeed
+  FAULT:schema     first reply has the wrong schema (a vote of "maybe"), the retry is valid
+  FAULT:truncated  every reply is cut-off JSON (the judgment must end up `invalid`)
+  FAULT:always500  every request gets 500 (the judgment must end up `error`)
+
+`service_time_s` adds a fixed delay to every reply (for throughput benchmarks); with
+`reject_json_schema` the server answers 400 to requests that carry a JSON-schema response_format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StubOpenAIServer:
+    def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False):
+        self.service_time_s, self.slow_s, self.reject_json_schema = service_time_s, slow_s, reject_json_schema
+        self.requests = 0
+        self.per_message: Counter[str] = Counter()
+        self.authorization: set[str] = set()
+        self.lock = threading.Lock()
+        ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops connections under load
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> StubOpenAIServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+                key = user  # the first user message identifies the (pair, order)
+                with server.lock:
+                    server.requests += 1
+                    server.per_message[key] += 1
+                    nth = server.per_message[key]
+                    server.authorization.add(self.headers.get("Authorization", ""))
+                if server.service_time_s:
+                    time.sleep(server.service_time_s)
+                if server.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+                    return self._send(400, {"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}})
+                if "FAULT:always500" in user or ("FAULT:500" in user and nth == 1):
+                    return self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+                if "FAULT:429" in user and nth == 1:
+                    return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}})
+                if "FAULT:slow" in user and nth == 1:
+                    time.sleep(server.slow_s)
+                content = json.dumps(_prefer_shorter(user))
+                if "FAULT:truncated" in user:
+                    content = content[: len(content) // 2]
+                elif "FAULT:schema" in user and len(body["messages"]) == 2:  # first attempt; the retry has 4 messages
+                    content = content.replace('"A"', '"maybe"', 1).replace('"B"', '"maybe"', 1)
+                self._send(200, {
+                    "id": f"chatcmpl-{server.requests}", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
+                              "total_tokens": len(user) // 4 + len(content) // 4},
+                })
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    pass
+
+        return Handler
+
+
+def _prefer_shorter(user: str) -> dict:
+    ids = re.findall(r"^- ([a-z][a-z0-9_]*): ", user, flags=re.MULTILINE)
+    a = user.split("Reply A:\n", 1)[1].split("\n\nReply B:\n", 1)[0]
+    b = user.split("\n\nReply B:\n", 1)[1].split("\n\nFor every principle", 1)[0]
+    slot = "tie" if len(a) == len(b) else ("A" if len(a) < len(b) else "B")
+    return {"votes": {pid: slot for pid in ids}, "rationale": f"Reply {slot} is more to the point." if slot != "tie" else "Equal."}
+
+
+if __name__ == "__main__":
+    # Standalone, so a benchmark's client and this server don't share one Python process (and GIL).
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--service-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    with StubOpenAIServer(service_time_s=args.service_ms / 1000) as stub:
+        print(stub.base_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin
