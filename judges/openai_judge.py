@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
 import random
 import re
@@ -61,6 +62,8 @@ class OpenAIJudgeSettings(BaseModel):
     principles_per_comparison: int | None = Field(
         default=None, gt=0, description="Constitutional-AI mode: judge a sampled subset of k principles per pair")
     tie_margin: float = Field(default=0.05, ge=0, lt=1)
+    vote_logprobs: bool = Field(
+        default=False, description="ask for token logprobs and score each vote by p(A) - p(B) instead of +-1")
 
 
 class BudgetExhausted(Exception):
@@ -114,7 +117,8 @@ class OpenAIJudge:
                  client_factory: Callable[[], openai.AsyncOpenAI] | None = None):
         self.settings = settings
         self.template = template or load_template(TEMPLATE_NAME)
-        identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens", "principles_per_comparison", "tie_margin"})
+        identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens",
+                                                "principles_per_comparison", "tie_margin", "vote_logprobs"})
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
         self.prompt_version = self.template.version
         self.spend = _Spend(settings)
@@ -178,7 +182,7 @@ class OpenAIJudge:
         raw: list[str] = []
         try:
             for attempt in range(2):  # a reply that fails validation gets one retry with the error shown
-                content = await self._complete(client, messages, principle_ids, usage)
+                content, token_logprobs = await self._complete(client, messages, principle_ids, usage)
                 raw.append(content or "")
                 try:
                     reply = parse_reply(content, schema)
@@ -197,9 +201,9 @@ class OpenAIJudge:
             return self._failed(order, "error", f"{type(exc).__name__}: {exc}", raw, started, usage)
 
         votes = check_votes(pair, constitution)
+        slot_probs = vote_probabilities(token_logprobs, principle_ids) if token_logprobs else {}
         for p in principles:
-            slot = getattr(reply.votes, p.id)
-            votes[p.id] = _to_pair_vote(slot, order)
+            votes[p.id] = _to_pair_vote(getattr(reply.votes, p.id), order, slot_probs.get(p.id))
         score = weighted_score(votes, constitution)
         winner = winner_of(score, self.settings.tie_margin)
         principle_part = "; ".join(f"{pid}={v.vote}" for pid, v in votes.items())
@@ -209,14 +213,20 @@ class OpenAIJudge:
             latency_s=time.perf_counter() - started, **usage,
         )
 
-    async def _complete(self, client, messages: list[dict], principle_ids: tuple[str, ...], usage: dict) -> str | None:
-        """One chat completion with retries on transport faults; falls back from JSON schema if refused."""
+    async def _complete(self, client, messages: list[dict], principle_ids: tuple[str, ...],
+                        usage: dict) -> tuple[str | None, list | None]:
+        """One chat completion with retries on transport faults; falls back from JSON schema if refused.
+
+        Returns the reply text and, when `vote_logprobs` is on and the server sent them, its token logprobs.
+        """
         for attempt in range(self.settings.max_retries + 1):
             self.spend.reserve()
             kwargs = dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                           max_tokens=self.settings.max_tokens)
             if self._use_schema:
                 kwargs["response_format"] = response_format(principle_ids)
+            if self.settings.vote_logprobs:
+                kwargs.update(logprobs=True, top_logprobs=5)
             try:
                 response = await client.chat.completions.create(**kwargs)
             except openai.BadRequestError:
@@ -235,8 +245,10 @@ class OpenAIJudge:
                 usage["completion_tokens"] += response.usage.completion_tokens or 0
                 usage["cost_usd"] += self.spend.charge(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
             if not response.choices:
-                return None
-            return response.choices[0].message.content
+                return None, None
+            choice = response.choices[0]
+            logprobs = choice.logprobs.content if choice.logprobs is not None else None
+            return choice.message.content, logprobs
         raise openai.APIConnectionError(message="retries exhausted", request=None)  # pragma: no cover
 
     def _failed(self, order: Order, status: str, reason: str, raw: list[str], started: float, usage: dict) -> OrderJudgment:
@@ -244,13 +256,50 @@ class OpenAIJudge:
                              latency_s=time.perf_counter() - started, **usage)
 
 
-def _to_pair_vote(slot: str, order: Order) -> PrincipleVote:
+def vote_probabilities(token_logprobs: list, principle_ids: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """p("A"), p("B") (renormalised over the two) at the token where each principle's vote was written.
+
+    The vote's position in the reply is found by its JSON key; the alternatives come from the
+    server's top logprobs at the token covering the vote's first letter. Principles whose vote
+    token cannot be located (or whose alternatives hold neither letter) are left out.
+    """
+    tokens = [t.token for t in token_logprobs]
+    # Search the text the tokens spell, not `content`: servers may add or drop an end token.
+    content = "".join(tokens)
+    starts, offset = [], 0
+    for token in tokens:
+        starts.append(offset)
+        offset += len(token)
+    found = {}
+    for pid in principle_ids:
+        match = re.search(rf'"{re.escape(pid)}"\s*:\s*"(A|B|tie|n/a)"', content)
+        if not match:
+            continue
+        at = max(i for i, start in enumerate(starts) if start <= match.start(1))
+        prefix = content[starts[at]:match.start(1)]   # e.g. '"' when the token is '"A'
+        mass = {"A": 0.0, "B": 0.0}
+        for alt in token_logprobs[at].top_logprobs or []:
+            if alt.token.startswith(prefix) and alt.token[len(prefix):len(prefix) + 1] in mass:
+                mass[alt.token[len(prefix)]] += math.exp(alt.logprob)
+        total = mass["A"] + mass["B"]
+        if total > 0:
+            found[pid] = (mass["A"] / total, mass["B"] / total)
+    return found
+
+
+def _to_pair_vote(slot: str, order: Order, slot_probs: tuple[float, float] | None = None) -> PrincipleVote:
+    """The judge's slot vote (A/B) in pair terms (a/b); scored +-1, or p(A) - p(B) when logprobs are known."""
     if slot in ("tie", "n/a"):
         return PrincipleVote(vote=slot, score=0.0, source="model", detail=f"judge said {slot}")
     first_is_a = order == "ab"
     winner_is_a = (slot == "A") == first_is_a
-    return PrincipleVote(vote="a" if winner_is_a else "b", score=1.0 if winner_is_a else -1.0, source="model",
-                         detail=f"judge said {slot}")
+    if slot_probs is None:
+        score, detail = (1.0 if winner_is_a else -1.0), f"judge said {slot}"
+    else:
+        slot_score = slot_probs[0] - slot_probs[1]       # > 0 favours the reply shown first
+        score = slot_score if first_is_a else -slot_score
+        detail = f"judge said {slot}, p(A)={slot_probs[0]:.2f} p(B)={slot_probs[1]:.2f}"
+    return PrincipleVote(vote="a" if winner_is_a else "b", score=score, source="model", detail=detail)
 
 
 def _short_validation_error(exc: ValidationError) -> str:

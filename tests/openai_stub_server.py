@@ -18,6 +18,7 @@ contains a fault keyword:
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -82,9 +83,12 @@ class StubOpenAIServer:
                     content = content[: len(content) // 2]
                 elif "FAULT:schema" in user and len(body["messages"]) == 2:  # first attempt; the retry has 4 messages
                     content = content.replace('"A"', '"maybe"', 1).replace('"B"', '"maybe"', 1)
+                choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                if body.get("logprobs"):
+                    choice["logprobs"] = {"content": _char_logprobs(content)}
                 self._send(200, {
                     "id": f"chatcmpl-{server.requests}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
                               "total_tokens": len(user) // 4 + len(content) // 4},
                 })
@@ -101,6 +105,18 @@ class StubOpenAIServer:
                     pass
 
         return Handler
+
+
+def _char_logprobs(content: str) -> list[dict]:
+    """One token per character; where a vote letter was written, 80% on it and 20% on the other letter."""
+    tokens = []
+    for i, ch in enumerate(content):
+        top = [{"token": ch, "logprob": 0.0, "bytes": None}]
+        if ch in "AB" and content[i - 1:i] == '"' and content[i + 1:i + 2] == '"':
+            other = "B" if ch == "A" else "A"
+            top = [{"token": ch, "logprob": math.log(0.8), "bytes": None}, {"token": other, "logprob": math.log(0.2), "bytes": None}]
+        tokens.append({"token": ch, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
+    return tokens
 
 
 def _prefer_shorter(user: str) -> dict:

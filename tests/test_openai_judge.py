@@ -154,3 +154,16 @@ def test_cohen_kappa_on_a_worked_example():
     # observed agreement 0.75; chance agreement (2*1 + 2*3) / 16 = 0.5; kappa = (0.75 - 0.5) / 0.5
     assert cohen_kappa(["a", "a", "b", "b"], ["a", "b", "b", "b"]) == pytest.approx(0.5)
     assert cohen_kappa(["a", "b"], ["a", "b"]) == 1.0
+
+
+def test_vote_logprobs_turn_votes_into_soft_scores(tmp_path):
+    constitution = load_constitution("bundled:support")
+    with StubOpenAIServer() as server, Store(tmp_path / "j.duckdb") as store:
+        pairs = seed_pairs(store, [("Where is my refund?", LONG, SHORT)])
+        verdicts = judge_pairs(store, OpenAIJudge(settings(server, vote_logprobs=True)), constitution, pairs)
+        v = verdicts["pair0"]
+        assert (v.status, v.winner, v.consistent) == ("ok", "b", True)
+        ab = store.by_ids(JudgmentRow, [v.judgment_ab])[v.judgment_ab]
+        model_votes = {k: x for k, x in ab.votes_json.items() if x["source"] == "model"}
+        assert model_votes and all(x["vote"] == "b" and x["score"] == pytest.approx(-0.6) for x in model_votes.values())
+        assert "p(A)=0.20 p(B)=0.80" in next(iter(model_votes.values()))["detail"]

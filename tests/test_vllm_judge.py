@@ -109,3 +109,21 @@ def test_judging_against_vllm_server_and_rerun_makes_zero_requests(vllm_server, 
                 assert v.votes_json["no_placeholders"] in ("a", "tie")
         judge_pairs(store, OpenAIJudge(settings), constitution, pairs)
         assert served_requests(vllm_server) == first  # the rerun was answered from the judge cache
+
+
+def test_vote_logprobs_from_vllm_give_soft_scores(vllm_server, tmp_path):
+    constitution = load_constitution("bundled:support")
+    settings = OpenAIJudgeSettings(base_url=f"{vllm_server}/v1", model="smollm2", api_key_env=None,
+                                   timeout_s=300, max_tokens=300, vote_logprobs=True)
+    with Store(tmp_path / "v.duckdb") as store:
+        pairs = seed_pairs(store, [("Where is my refund for order #LS-4410?",
+                                    "Your refund was issued on Monday and should reach your card within 5 business days.",
+                                    "Refunds happen. Thanks for shopping!")])
+        verdict = judge_pairs(store, OpenAIJudge(settings), constitution, pairs)["pair0"]
+        judgments = store.by_ids(JudgmentRow, [verdict.judgment_ab, verdict.judgment_ba]).values()
+    model_votes = [v for j in judgments if j.parse_status == "ok" for v in j.votes_json.values()
+                   if v["source"] == "model" and v["vote"] in ("a", "b")]
+    assert model_votes, "the small model gave no A/B vote at all"
+    # a vote read from the server's logprobs carries its probabilities and a score strictly inside (-1, 1)
+    soft = [v for v in model_votes if "p(A)=" in v["detail"]]
+    assert soft and all(-1 < v["score"] < 1 for v in soft)
