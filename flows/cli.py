@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
@@ -26,7 +27,7 @@ DB_OPTION = typer.Option(None, "--db", help="DuckDB file (default: ./rlaif.duckd
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # never wrap paths
     raise typer.Exit(code)
 
 
