@@ -22,7 +22,7 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     n: int = Field(default=2, gt=0)
     max_new_tokens: int = Field(default=96, gt=0)
-    temperature: float = Field(default=0.8, gt=0)
+    temperature: float = Field(default=0.8, ge=0, description="0 = greedy")
     top_p: float = Field(default=0.95, gt=0, le=1)
     batch_size: int = Field(default=16, gt=0)
 
@@ -84,13 +84,12 @@ def sample_batch(
         attention_mask[i, P - len(p):] = 1
 
     torch.manual_seed(batch.seed)
+    greedy = params.temperature == 0
+    decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
     out = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        do_sample=True,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=0,
+        **decoding,
         max_new_tokens=params.max_new_tokens,
         eos_token_id=eos_id,
         pad_token_id=pad_id,

