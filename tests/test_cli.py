@@ -33,7 +33,7 @@ def test_missing_config_exits_2_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("body, expected", [
     ("sampler:\n  temprature: 0.7\n", "sampler.temprature: Extra inputs are not permitted"),
-    ("sampler:\n  temperature: -1\n", "sampler.temperature: Input should be greater than 0"),
+    ("sampler:\n  temperature: -1\n", "sampler.temperature: Input should be greater than or equal to 0"),
     ("training:\n  beta: fast\n", "training.beta"),
     ("- just\n- a list\n", "expected a mapping"),
     ("sampler: [unclosed\n", "not valid YAML"),
