@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -151,7 +150,3 @@ def _rationale(winner: str, score: float, votes: dict[str, PrincipleVote], const
             parts.append(f"{principle.id}={v.vote} ({v.detail})")
     head = "tie" if winner == "tie" else f"{winner} preferred"
     return f"{head}, weighted score {score:+.2f}: " + "; ".join(parts)
-
-
-def judge_model_name(checkpoint: Path) -> str:
-    return checkpoint.name

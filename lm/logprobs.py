@@ -26,10 +26,6 @@ class CompletionBatch:
     completion_ids: torch.Tensor   # (B, C) long, the completion tokens (pad where masked)
     completion_mask: torch.Tensor  # (B, C) float, 1 exactly on completion tokens
 
-    @property
-    def prompt_width(self) -> int:
-        return self.input_ids.shape[1] - self.completion_ids.shape[1]
-
 
 def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> CompletionBatch:
     assert len(prompts) == len(completions) and prompts, "one completion per prompt"

@@ -17,10 +17,8 @@ import pyarrow as pa
 
 from store.rows import (
     PreferenceRecord,
-    CompletionRow,
     ModelRow,
     PairRow,
-    PromptRow,
     ReviewQueueRow,
     RoundRow,
     Row,
@@ -185,14 +183,6 @@ class Store:
     # ---- round data ---------------------------------------------------------------------------
     def pairs(self, round_id: str, purpose: str) -> list[PairRow]:
         return self._select(PairRow, "round_id = ? AND purpose = ?", [round_id, purpose], "pair_id")
-
-    def prompts(self, split: str | None = None) -> list[PromptRow]:
-        if split is None:
-            return self._select(PromptRow, order="prompt_id")
-        return self._select(PromptRow, "split = ?", [split], "prompt_id")
-
-    def completions_of_round(self, round_id: str, purpose: str) -> list[CompletionRow]:
-        return self._select(CompletionRow, "round_id = ? AND purpose = ?", [round_id, purpose], "completion_id")
 
     def verdicts(self, pair_ids: Iterable[str], judge_id: str, constitution_hash: str) -> dict[str, VerdictRow]:
         rows = self._select(
