@@ -26,6 +26,10 @@ err = Console(stderr=True)
 DB_OPTION = typer.Option(None, "--db", help="DuckDB file (default: ./rlaif.duckdb, or store.path in the config)")
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # never wrap paths
     raise typer.Exit(code)
@@ -58,11 +62,10 @@ def _print_summary(s) -> None:
     table = Table(title=f"round {s.round_index} summary", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value")
-    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
     num = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     table.add_row("pairs judged (both orders)", str(s.pairs_judged))
-    table.add_row("position consistency", f"{pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
-    table.add_row("invalid judgments", pct(s.invalid_rate))
+    table.add_row("position consistency", f"{_pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
+    table.add_row("invalid judgments", _pct(s.invalid_rate))
     table.add_row("spot-checks queued", str(s.spot_checks_queued))
     table.add_row("DPO pairs", str(s.train.n_pairs))
     table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
@@ -170,13 +173,12 @@ def _print_judge_stats(store: Store, rnd) -> None:
     if not grouped:
         console.print(f"round {rnd.round_index} has no judged pairs")
         return
-    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
     table = Table(title=f"judges on round {rnd.round_index}")
     for col in ("judge", "constitution", "pairs", "position consistency", "ties", "invalid"):
         table.add_column(col)
     stats = {key: judge_stats(rows) for key, rows in grouped.items()}
     for (judge_id, chash), s in stats.items():
-        table.add_row(judge_id, chash, str(s.pairs), pct(s.position_consistency), pct(s.tie_rate), pct(s.invalid_rate))
+        table.add_row(judge_id, chash, str(s.pairs), _pct(s.position_consistency), _pct(s.tie_rate), _pct(s.invalid_rate))
     console.print(table)
     for (judge_id, _), s in stats.items():
         votes = Table(title=f"combined principle votes: {judge_id}")
@@ -190,13 +192,15 @@ def _print_judge_stats(store: Store, rnd) -> None:
         for right in keys[i + 1:]:
             a = agreement(grouped[left], grouped[right])
             kappa = "-" if a.kappa is None else f"{a.kappa:.2f}"
-            console.print(f"agreement {left[0]} vs {right[0]}: {pct(a.accuracy)} same winner, kappa {kappa} (n={a.n})")
+            console.print(f"agreement {left[0]} vs {right[0]}: {_pct(a.accuracy)} same winner, kappa {kappa} (n={a.n})")
 
 
 @app.command()
 def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
     """Rounds, counts and the last metrics from the store."""
     def show() -> None:
+        from judges.stats import judge_stats
+
         with Store(db, read_only=True) as store:
             rounds = store.rounds()
             table = Table(title=f"rounds in {db}")
@@ -204,13 +208,13 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
                 table.add_column(col)
             for r in rounds:
                 s = r.summary_json or {}
-                stats = store.round_stats(r.round_id, s.get("judge_id"))
+                verdicts = store.verdicts_of_round(r.round_id).get((s.get("judge_id"), r.constitution_hash))
+                stats = judge_stats(verdicts) if verdicts else None
                 train, ev = s.get("train") or {}, s.get("eval") or {}
                 loss = "-" if train.get("first_loss") is None else f"{train['first_loss']:.4f}→{train['last_loss']:.4f}"
-                cons = "-" if stats["position_consistency"] is None else f"{stats['position_consistency']:.0%}"
-                invalid = "-" if stats["invalid_rate"] is None else f"{stats['invalid_rate']:.0%}"
-                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats["pairs_judged"]), cons, invalid,
-                              str(stats["spot_checks_queued"]), loss,
+                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats.pairs if stats else 0),
+                              _pct(stats and stats.position_consistency), _pct(stats and stats.invalid_rate),
+                              str(len(store.review_queue(r.round_id))), loss,
                               "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no",
                               r.status_reason or "")
             console.print(table)

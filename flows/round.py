@@ -23,6 +23,7 @@ from flows.progress import progress_bar
 from judges.local_logprob import LocalLogprobJudge
 from judges.openai_judge import OpenAIJudge
 from judges.stage import PairwiseJudge, judge_pairs
+from judges.stats import judge_stats
 from lm.embedded import EMBEDDED_MODEL_NAME
 from lm.loading import base_checkpoint, load_model, load_tokenizer, set_threads
 from prompts.loader import Prompt, load_prompts
@@ -94,11 +95,11 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
     promoted, decision = promote(store, config, outcome, evaluation)
 
-    stats = store.round_stats(rnd.round_id, judge.judge_id)
+    stats = judge_stats(list(verdicts.values()))
     return RoundSummary(
         round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id, threads=threads,
-        pairs_judged=stats["pairs_judged"], consistent_pairs=stats["consistent_pairs"],
-        position_consistency=stats["position_consistency"], invalid_rate=stats["invalid_rate"], spot_checks_queued=queued,
+        pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
+        position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
         train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
     )
 

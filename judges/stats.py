@@ -15,6 +15,7 @@ class JudgeStats(BaseModel):
     judge_id: str
     constitution_hash: str
     pairs: int
+    consistent_pairs: int               # valid verdicts whose two orders named the same winner
     position_consistency: float | None  # both orders named the same winner, among valid verdicts
     tie_rate: float | None              # ties (including disagreeing orders), among valid verdicts
     invalid_rate: float                 # invalid or errored, among all verdicts
@@ -36,6 +37,7 @@ def judge_stats(verdicts: Sequence[VerdictRow]) -> JudgeStats:
             split.setdefault(principle, Counter())[vote] += 1
     return JudgeStats(
         judge_id=verdicts[0].judge_id, constitution_hash=verdicts[0].constitution_hash, pairs=len(verdicts),
+        consistent_pairs=sum(v.consistent for v in ok),
         position_consistency=sum(v.consistent for v in ok) / len(ok) if ok else None,
         tie_rate=sum(v.winner == "tie" for v in ok) / len(ok) if ok else None,
         invalid_rate=1 - len(ok) / len(verdicts),

@@ -232,32 +232,6 @@ class Store:
     def train_metrics(self, run_id: str) -> list[TrainMetricRow]:
         return self._select(TrainMetricRow, "run_id = ?", [run_id], "step")
 
-    def round_stats(self, round_id: str, judge_id: str | None) -> dict[str, Any]:
-        """Counts and rates of one round's train pairs under the round's judge (for status and the summary)."""
-        q = self.con.execute(
-            """
-            SELECT
-              (SELECT count(*) FROM completions WHERE round_id = $r AND purpose = 'train'),
-              count(v.pair_id),
-              count(*) FILTER (WHERE v.status = 'ok'),
-              count(*) FILTER (WHERE v.status = 'ok' AND v.consistent),
-              count(*) FILTER (WHERE v.status <> 'ok'),
-              (SELECT count(*) FROM review_queue WHERE round_id = $r)
-            FROM pairs p JOIN verdicts v ON v.pair_id = p.pair_id AND v.judge_id = $j
-            WHERE p.round_id = $r AND p.purpose = 'train'
-            """,
-            {"r": round_id, "j": judge_id},
-        ).fetchall()[0]
-        completions, judged, ok, consistent, invalid, queued = q
-        return {
-            "completions": completions,
-            "pairs_judged": judged,
-            "consistent_pairs": consistent,
-            "position_consistency": consistent / ok if ok else None,
-            "invalid_rate": invalid / judged if judged else None,
-            "spot_checks_queued": queued,
-        }
-
 
 def _to_record(row: Row) -> dict[str, Any]:
     record = row.model_dump()
