@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -23,38 +21,13 @@ from pathlib import Path
 # `sampling` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import httpx  # noqa: E402
-
 from lm.embedded import embedded_checkpoint  # noqa: E402
 from lm.loading import load_model, load_tokenizer, set_threads  # noqa: E402
 from sampling.sampler import SampleRequest, SamplingParams, sample  # noqa: E402
-from sampling.vllm_server import VLLMServerSampler  # noqa: E402
+from sampling.vllm_server import VLLMServerSampler, running_vllm_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply to the customer helpfully and briefly."
-
-
-def start_vllm(checkpoint: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(REPO / ".venv-vllm" / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-         "--enforce-eager", "--max-model-len", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"})
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None:
-            raise RuntimeError("vLLM server exited during startup")
-        time.sleep(1)
-    raise RuntimeError("vLLM server not ready after 600 s")
 
 
 def main() -> None:
@@ -70,16 +43,13 @@ def main() -> None:
     checkpoint = embedded_checkpoint()
     tokenizer = load_tokenizer(checkpoint)
 
-    server, base = start_vllm(checkpoint)
-    try:
+    with tempfile.TemporaryDirectory() as tmp, \
+            running_vllm_server(REPO / ".venv-vllm" / "bin" / "python", checkpoint, "smollm2", Path(tmp) / "vllm.log") as base:
         vllm = VLLMServerSampler(base, tokenizer, concurrency=len(requests))
         vllm.sample(requests[:2], params, seed=99, model="smollm2")  # warm-up
         started = time.perf_counter()
         vllm_out = vllm.sample(requests, params, seed=0, model="smollm2")
         vllm_s = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
 
     threads = set_threads(args.threads)
     model = load_model(checkpoint)

