@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from constitution.loader import Constitution
 from judges.stage import PairwiseJudge, judge_pairs
 from prompts.loader import Prompt
-from sampling.sampler import SamplingParams
+from sampling.sampler import SamplingParams, TransformersSampler
 from sampling.stage import pair_id, sample_for_round
 from store.db import Store
 from store.rows import CompletionRow, EvalRow, PairRow
@@ -55,10 +55,11 @@ def sample_head_to_head(
     """One completion per held-out prompt from each model; pairs are (a = candidate, b = baseline)."""
     one = params.model_copy(update={"n": 1})
     n = len(heldout)
-    candidate = sample_for_round(store, model, tokenizer, candidate_id, round_id, heldout, system_prompt, one, seed,
+    sampler = TransformersSampler(model, tokenizer)
+    candidate = sample_for_round(store, sampler, candidate_id, round_id, heldout, system_prompt, one, seed,
                                  "eval", lambda done, total: progress(done, 2 * n))
     with model.disable_adapter():  # the baseline is the current policy: the same weights without the adapter
-        baseline = sample_for_round(store, model, tokenizer, baseline_id, round_id, heldout, system_prompt, one, seed,
+        baseline = sample_for_round(store, sampler, baseline_id, round_id, heldout, system_prompt, one, seed,
                                     "eval", lambda done, total: progress(n + done, 2 * n))
     pairs = [
         PairRow(pair_id=pair_id(round_id, c.completion_id, b.completion_id), round_id=round_id, prompt_id=c.prompt_id,

@@ -6,6 +6,7 @@ means `./rlaif.duckdb` in the working directory (and `--db` on the command line 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from constitution.loader import format_validation_error
 from judges.openai_judge import OpenAIJudgeSettings
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
+from sampling.vllm_engine import VLLMSettings
 from training.trainer import DPOParams
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -44,8 +46,13 @@ class PromptsConfig(_Section):
 
 
 class SamplerConfig(SamplingParams):
-    backend: Literal["transformers"] = "transformers"
-    n: Literal[2] = 2  # pairs are sample 0 vs sample 1
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto", description="auto = vLLM if sampler.vllm.python can import it (or a server_url is set), else transformers")
+    n: int = Field(default=2, ge=2, description="2: one pair per prompt; more: round-robin judged, best vs worst trained (max_min)")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump(include=set(SamplingParams.model_fields)))
 
 
 class JudgeConfig(_Section):
@@ -96,6 +103,13 @@ class RoundConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+    @model_validator(mode="after")
+    def _adapter_fits_vllm(self) -> RoundConfig:
+        if self.sampler.backend != "transformers" and self.training.lora_r > self.sampler.vllm.max_lora_rank:
+            raise ValueError(f"training.lora_r {self.training.lora_r} is above sampler.vllm.max_lora_rank "
+                             f"{self.sampler.vllm.max_lora_rank}: vLLM could not serve the adapters")
+        return self
+
     def db_path(self) -> Path:
         return Path(self.store.path or "rlaif.duckdb")
 
@@ -129,7 +143,7 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
     def resolve(value: str | None) -> str | None:
         if value is None or value.startswith("bundled:") or Path(value).is_absolute():
             return value
-        return str((base / value).resolve())
+        return os.path.abspath(base / value)  # not resolve(): a venv's bin/python is a symlink that must stay one
 
     return config.model_copy(
         update={
@@ -137,6 +151,8 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "policy": config.policy.model_copy(update={"path": resolve(config.policy.path)}),
             "prompts": config.prompts.model_copy(update={"source": resolve(config.prompts.source)}),
             "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),
+            "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
+                update={"python": resolve(config.sampler.vllm.python)})}),
             "store": config.store.model_copy(
                 update={"path": resolve(config.store.path), "artifacts_dir": resolve(config.store.artifacts_dir)}
             ),

@@ -1,7 +1,7 @@
 """One online RLAIF round as a Prefect flow. Read it top to bottom: each line is a stage call.
 
     sample 2 completions/prompt from the policy -> judge each pair in both orders
-    -> route spot-checks -> DPO dataset from trustworthy pairs -> LoRA DPO -> candidate vs policy
+    (n > 2: judge every two samples, train on best vs worst) -> route spot-checks -> DPO dataset from trustworthy pairs -> LoRA DPO -> candidate vs policy
     on held-out prompts -> promote only if it wins
 
 Every stage writes to DuckDB under deterministic ids, so rerunning a round (finished or crashed)
@@ -10,6 +10,8 @@ continues where it stopped and inserts nothing twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -25,14 +27,16 @@ from judges.openai_judge import OpenAIJudge
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
 from lm.embedded import EMBEDDED_MODEL_NAME
-from lm.loading import base_checkpoint, load_model, load_tokenizer, set_threads
+from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
 from prompts.loader import Prompt, load_prompts
 from review.routing import RoutingCandidate, route_spot_checks
-from sampling.sampler import SamplingParams
-from sampling.stage import pair_samples, sample_for_round
+from sampling.sampler import Sampler, TransformersSampler
+from sampling.stage import pair_samples, sample_for_round, select_max_min
+from sampling.vllm_engine import VLLMEngineSampler, choose_backend, running_vllm_engine
+from sampling.vllm_server import VLLMServerSampler
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
-from store.rows import ModelRow, PromptRow, RoundRow
+from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
 from training.stage import TrainOutcome, build_preference_pairs, train_candidate
 
 EMBEDDED_PATH = f"embedded:{EMBEDDED_MODEL_NAME}"
@@ -43,6 +47,7 @@ class RoundSummary(BaseModel):
     round_id: str
     policy_id: str
     judge_id: str
+    sampling_backend: str
     threads: int
     pairs_judged: int
     consistent_pairs: int
@@ -82,10 +87,17 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     judge = load_judge(config)
     train_prompts = select_train_prompts(prompts, config.prompts.train_per_round, rnd.round_index, config.seed)
     heldout = select_heldout_prompts(prompts, config.prompts.heldout, config.seed)
+    backend, why = choose_backend(config.sampler.backend, config.sampler.vllm)
+    get_run_logger().info("sampling backend: %s (%s)", backend, why)
 
-    pairs = sample_pairs(store, config, rnd, policy, tokenizer, train_prompts)
-    verdicts = judge_round(store, judge, constitution, pairs)
-    queued = route_for_review(store, config, rnd, pairs, prompts, verdicts)
+    comparisons = sample_pairs(store, config, rnd, backend, policy, tokenizer, train_prompts)
+    verdicts = judge_round(store, judge, constitution, comparisons)
+    stats = judge_stats(list(verdicts.values()))
+    train_pairs = comparisons
+    if config.sampler.n > 2:  # max_min: the training pair of a prompt is its best vs its worst sample
+        train_pairs = select_max_min_pairs(store, rnd, comparisons, verdicts)
+        verdicts |= judge_round(store, judge, constitution, train_pairs)  # judge cache hits: no new calls
+    queued = route_for_review(store, config, rnd, train_pairs, prompts, verdicts)
     records = store.confident_preferences(rnd.round_id, judge.judge_id, constitution.content_hash)
     dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
     outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
@@ -95,9 +107,9 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
     promoted, decision = promote(store, config, outcome, evaluation)
 
-    stats = judge_stats(list(verdicts.values()))
     return RoundSummary(
-        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id, threads=threads,
+        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
+        sampling_backend=backend, threads=threads,
         pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
         position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
         train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
@@ -176,12 +188,56 @@ def build_judge(config: RoundConfig) -> PairwiseJudge:
 
 
 @task(cache_policy=NO_CACHE)
-def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, prompts: list[Prompt]):
-    params = SamplingParams(**config.sampler.model_dump(exclude={"backend"}))
-    with progress_bar("sampling completions") as progress:
-        completions = sample_for_round(store, policy, tokenizer, rnd.policy_id, rnd.round_id, prompts,
-                                       config.policy.system_prompt, params, rnd.seed, "train", progress)
+def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer,
+                 prompts: list[Prompt]) -> list[PairRow]:
+    """n completions per prompt from the round's policy; returns the comparisons to judge."""
+    with policy_sampler(store, config, rnd, backend, policy, tokenizer) as sampler, \
+            progress_bar(f"sampling completions ({backend})") as progress:
+        completions = sample_for_round(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
+                                       config.sampler.params(), rnd.seed, "train", progress)
     pairs = pair_samples(completions, rnd.round_id)
+    store.append(pairs)
+    return pairs
+
+
+@contextmanager
+def policy_sampler(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer) -> Iterator[Sampler]:
+    """The round's policy as a sampler of the chosen backend.
+
+    vLLM applies one LoRA adapter per request, so a policy is served as its parent weights plus its
+    newest adapter; a lineage of two or more adapters has the older ones merged into a checkpoint
+    under the artifacts dir, once.
+    """
+    if backend == "transformers":
+        yield TransformersSampler(policy, tokenizer)
+        return
+    settings = config.sampler.vllm
+    chain = store.model_chain(rnd.policy_id)
+    base = base_checkpoint(None if chain[0].path == EMBEDDED_PATH else chain[0].path)
+    adapter = Path(chain[-1].path) if len(chain) > 1 else None
+    if backend == "vllm-server":
+        if len(chain) > 2:
+            raise ValueError(f"policy {rnd.policy_id} has {len(chain) - 1} adapters; a vLLM server serves its base plus one "
+                             "adapter per request. Use the engine mode (no sampler.vllm.server_url) for this lineage.")
+        name = settings.served_model if adapter is None else chain[-1].model_id
+        sampler = VLLMServerSampler(settings.server_url, tokenizer, name)
+        if adapter is not None:
+            sampler.load_adapter(chain[-1].model_id, adapter)
+        yield sampler
+        return
+    if len(chain) > 2:
+        base = save_merged_checkpoint(base, [Path(m.path) for m in chain[1:-1]],
+                                      config.artifacts_dir() / "merged" / chain[-2].model_id)
+    log = config.artifacts_dir() / "logs" / f"vllm-engine-{rnd.round_id}.log"
+    with running_vllm_engine(settings, base, log, enable_lora=adapter is not None) as engine:
+        yield VLLMEngineSampler(engine, tokenizer, adapter)
+
+
+@task(cache_policy=NO_CACHE)
+def select_max_min_pairs(store: Store, rnd: RoundRow, comparisons: list[PairRow], verdicts) -> list[PairRow]:
+    winners = {pid: v.winner for pid, v in verdicts.items() if v.status == "ok" and v.consistent}
+    completions = store.by_ids(CompletionRow, [c for p in comparisons for c in (p.completion_a, p.completion_b)])
+    pairs = select_max_min(comparisons, winners, list(completions.values()), rnd.round_id)
     store.append(pairs)
     return pairs
 
@@ -211,8 +267,7 @@ def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, d
 @task(cache_policy=NO_CACHE)
 def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tokenizer, outcome: TrainOutcome,
                 heldout: list[Prompt]):
-    params = SamplingParams(**config.sampler.model_dump(exclude={"backend"})).model_copy(
-        update={"max_new_tokens": config.eval.max_new_tokens})
+    params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
     with progress_bar("eval: sampling") as progress:
         return sample_head_to_head(store, candidate, tokenizer, rnd.round_id, outcome.candidate_id, rnd.policy_id,
                                    heldout, config.policy.system_prompt, params, rnd.seed, progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +71,22 @@ def load_model(checkpoint: Path, adapters: Sequence[Path] = (), dtype: torch.dty
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     return model
+
+
+def save_merged_checkpoint(checkpoint: Path, adapters: Sequence[Path], out: Path) -> Path:
+    """Base + adapters merged and saved as a plain checkpoint, once (written aside, then renamed).
+
+    For servers that apply one LoRA adapter per request (vLLM): a policy with a longer lineage is
+    served as this merged parent plus its newest adapter.
+    """
+    if (out / "config.json").exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    load_model(checkpoint, adapters).save_pretrained(partial)
+    load_tokenizer(checkpoint).save_pretrained(partial)
+    partial.rename(out)
+    return out
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> list[int]:

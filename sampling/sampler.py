@@ -1,13 +1,20 @@
 """The sampler contract and the transformers backend (the CPU default).
 
-A request is a chat (system + user message); the sampler returns `n` completions per request with
+A request is a chat (system + user message); a sampler returns `n` completions per request with
 their token ids, finish reason and the summed log-probability of the sampled tokens under the
 *untempered* policy - the same quantity DPO needs as the reference log-prob.
+
+Every backend samples the same plan: `plan_batches` cuts the (request, sample index) rows into
+batches, each with a seed derived from the round's seed. A backend only implements
+`sample_batch`; `sample` walks the plan. The stored seed of a completion is its batch's seed:
+transformers draws the whole batch from one generator seeded with it, vLLM seeds each sequence
+with `sequence_seed(batch seed, prompt key, sample index)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +72,33 @@ def plan_batches(n_requests: int, params: SamplingParams, seed: int) -> list[Sam
     ]
 
 
+def sequence_seed(batch_seed: int, key: str, sample_index: int) -> int:
+    """The seed of one sequence for backends that seed per request (vLLM): fixed by the plan."""
+    return stable_int("sequence", batch_seed, key, sample_index) % 2**31
+
+
+class Sampler(Protocol):
+    backend: str  # recorded with the round: "transformers" | "vllm-engine" | "vllm-server"
+
+    def sample_batch(self, requests: Sequence[SampleRequest], batch: SampleBatch,
+                     params: SamplingParams) -> list[SampledCompletion]: ...
+
+
+class TransformersSampler:
+    """The CPU default: batched `generate` with left padding on an in-memory model (adapters merged or live)."""
+
+    backend = "transformers"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        self.model, self.tokenizer = model, tokenizer
+
+    def sample_batch(self, requests: Sequence[SampleRequest], batch: SampleBatch,
+                     params: SamplingParams) -> list[SampledCompletion]:
+        return generate_batch(self.model, self.tokenizer, requests, batch, params)
+
+
 @torch.no_grad()
-def sample_batch(
+def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     requests: Sequence[SampleRequest],
@@ -124,8 +156,7 @@ def sample_batch(
 
 
 def sample(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    sampler: Sampler,
     requests: Sequence[SampleRequest],
     params: SamplingParams,
     seed: int,
@@ -141,7 +172,7 @@ def sample(
     for batch in plan_batches(len(requests), params, seed):
         if skip_batch(batch):
             continue
-        done = sample_batch(model, tokenizer, requests, batch, params)
+        done = sampler.sample_batch(requests, batch, params)
         on_batch(done)
         results.extend(done)
     return results

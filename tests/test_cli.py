@@ -39,6 +39,9 @@ def test_missing_config_exits_2_and_writes_nothing(tmp_path):
     ("sampler: [unclosed\n", "not valid YAML"),
     ("policy:\n  path: no/such/model\n", "policy.path"),
     ("prompts:\n  source: missing.jsonl\n", "missing.jsonl: prompt file not found"),
+    ("sampler:\n  n: 1\n", "sampler.n: Input should be greater than or equal to 2"),
+    ("sampler:\n  backend: vllm\ntraining:\n  lora_r: 32\n", "training.lora_r 32 is above sampler.vllm.max_lora_rank 16"),
+    ("sampler:\n  vllm:\n    server_url: http://127.0.0.1:8000\n", "sampler.vllm: Value error, sampler.vllm.server_url is set but served_model"),
 ])
 def test_config_errors_name_the_file_and_field(tmp_path, body, expected):
     config = tmp_path / "rlaif.yaml"
@@ -95,3 +98,11 @@ def test_demo_runs_a_real_round_and_status_reports_it(tmp_path):
     status = run_rlaif("status", cwd=tmp_path)
     assert status.returncode == 0 and "round-0001" not in status.stderr
     assert "finished" in status.stdout and "review_queue" in status.stdout
+
+
+def test_a_relative_vllm_python_is_made_absolute_but_stays_the_venv_link(tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    link = tmp_path / "venv" / "bin" / "python"
+    link.symlink_to(sys.executable)  # following it would leave the venv, and its packages, behind
+    (tmp_path / "rlaif.yaml").write_text("sampler:\n  vllm:\n    python: venv/bin/python\n")
+    assert load_config(tmp_path / "rlaif.yaml").sampler.vllm.python == str(link)

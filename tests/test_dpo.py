@@ -96,13 +96,13 @@ def test_logps_count_exactly_the_completion_tokens(tiny_model):
 
 @pytest.mark.slow
 def test_loss_is_log2_at_init_on_real_smollm2(smollm2_dir):
-    from sampling.sampler import SampleRequest, SamplingParams, sample
+    from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
 
     tokenizer = load_tokenizer(smollm2_dir)
     model = load_model(smollm2_dir)
     requests = [SampleRequest(key=str(i), system=SYSTEM, user=q) for i, q in enumerate(
         ["My parcel arrived damaged, what now?", "How do I change the email on my account?"])]
-    samples = sample(model, tokenizer, requests, SamplingParams(n=2, max_new_tokens=24, batch_size=4), seed=1)
+    samples = sample(TransformersSampler(model, tokenizer), requests, SamplingParams(n=2, max_new_tokens=24, batch_size=4), seed=1)
     by_key = {}
     for s in samples:
         by_key.setdefault(s.key, []).append(s)

@@ -86,3 +86,34 @@ def test_round_without_enough_trustworthy_pairs_does_not_train(prefect_harness, 
     with Store(config.db_path(), read_only=True) as store:
         assert store.count_rows()["train_metrics"] == 0 and store.count_rows()["models"] == 1
         assert store.rounds()[0].status_reason == summary.decision
+
+
+def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_harness, round_config):
+    from flows.round import rlaif_round
+
+    config = round_config.model_copy(update={"sampler": round_config.sampler.model_copy(update={"n": 3, "backend": "transformers"})})
+    summary = rlaif_round(config=config)
+    assert summary.sampling_backend == "transformers"
+    assert summary.pairs_judged == 8 * 3  # every two of 3 samples, 8 prompts
+    with Store(config.db_path(), read_only=True) as store:
+        rnd = store.rounds()[0]
+        pairs = store.pairs(rnd.round_id, "train")
+        robin = [p for p in pairs if p.pairing == "round_robin"]
+        chosen = [p for p in pairs if p.pairing == "max_min"]
+        assert len(robin) == 24 and 1 <= len(chosen) <= 8
+        assert len({p.prompt_id for p in chosen}) == len(chosen)  # at most one training pair per prompt
+        ((_, verdicts),) = store.verdicts_of_round(rnd.round_id).items()
+        winners = {v.pair_id: v.winner for v in verdicts if v.status == "ok" and v.consistent}
+        for pair in chosen:
+            # the selected pair's two samples are the prompt's top and bottom by wins minus losses
+            score: dict[str, int] = {}
+            for p in (r for r in robin if r.prompt_id == pair.prompt_id):
+                w = winners.get(p.pair_id)
+                for cid, sign in ((p.completion_a, 1), (p.completion_b, -1)):
+                    score[cid] = score.get(cid, 0) + {"a": sign, "b": -sign}.get(w, 0)
+            assert {score[pair.completion_a], score[pair.completion_b]} == {max(score.values()), min(score.values())}
+        records = store.confident_preferences(rnd.round_id, summary.judge_id, rnd.constitution_hash)
+        assert {r.pair_id for r in records} <= {p.pair_id for p in chosen}  # round-robin comparisons never train
+        assert summary.train.n_pairs == len(records)
+        queued = {q.pair_id for q in store.review_queue(rnd.round_id)}
+        assert queued <= {p.pair_id for p in chosen}  # reviewers see training pairs only

