@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from flows.config import RoundConfig
 from store.db import Store
+from store.rows import CompletionRow, PromptRow
 
 # Check principles decide deterministically (and identically in both orders), so some pairs of the
 # random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
@@ -117,3 +121,59 @@ def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_
         assert summary.train.n_pairs == len(records)
         queued = {q.pair_id for q in store.review_queue(rnd.round_id)}
         assert queued <= {p.pair_id for p in chosen}  # reviewers see training pairs only
+
+
+@pytest.mark.slow
+def test_rounds_sampled_by_the_vllm_engine_follow_the_promoted_lineage(prefect_harness, round_config, smollm2_dir,
+                                                                            vllm_settings):
+    """Rounds sample the base, then base + adapter per request, then the merged parent + newest adapter.
+
+    Each round's stored sampling logprobs must equal a transformers forward of that round's policy
+    (its lineage merged in memory): that proves vLLM served exactly the promoted policy.
+    """
+    from flows.round import load_policy, rlaif_round
+    from lm.loading import encode_chat
+    from lm.logprobs import collate, sequence_logps
+
+    # Checks on common words, so that some of SmolLM2's 16-token samples pass and others fail: each
+    # round then has trustworthy pairs to train on.
+    constitution = Path(round_config.constitution).with_name("word-checks.yaml")
+    constitution.write_text(r"""
+name: word-checks
+principles:
+  - {id: no_the, text: Avoid the word "the"., weight: 2, check: {forbidden_patterns: ['(?i)\bthe\b']}}
+  - {id: apologises, text: Apologise., weight: 1.5, check: {required_patterns: ['(?i)sorry|apolog']}}
+  - {id: addresses_you, text: Address the customer., weight: 1, check: {required_patterns: ['(?i)\byou']}}
+""")
+    config = round_config.model_copy(update={
+        "constitution": str(constitution),
+        "policy": round_config.policy.model_copy(update={"path": str(smollm2_dir)}),
+        "prompts": round_config.prompts.model_copy(update={"train_per_round": 8, "heldout": 2}),
+        "sampler": round_config.sampler.model_copy(update={"backend": "vllm", "vllm": vllm_settings, "max_new_tokens": 16}),
+        "eval": round_config.eval.model_copy(update={"max_new_tokens": 8}),
+    })
+    summaries = []
+    while sum(s.promoted for s in summaries) < 2:  # until the policy is base + 2 adapters (a round may find no pairs)
+        assert len(summaries) < 5, [s.decision for s in summaries]
+        summaries.append(rlaif_round(config=config))
+    summaries.append(rlaif_round(config=config))  # samples from base + 2 adapters: merged parent + newest adapter
+    assert {s.sampling_backend for s in summaries} == {"vllm-engine"}
+    for previous, summary in zip(summaries, summaries[1:]):
+        assert summary.policy_id == (previous.candidate_id if previous.promoted else previous.policy_id)
+    first_promoted = next(s for s in summaries if s.promoted)
+    assert (config.artifacts_dir() / "merged" / first_promoted.candidate_id / "config.json").exists()
+
+    with Store(config.db_path(), read_only=True) as store:
+        for summary in summaries:
+            rnd = store.round_by_index(summary.round_index)
+            pairs = store.pairs(rnd.round_id, "train")
+            completions = list(store.by_ids(CompletionRow, [c for p in pairs for c in (p.completion_a, p.completion_b)]).values())
+            assert len(completions) == 16 and {c.sampling_json["backend"] for c in completions} == {"vllm-engine"}
+            policy, tokenizer = load_policy.fn(store, rnd.policy_id)
+            prompts = store.by_ids(PromptRow, [c.prompt_id for c in completions])
+            with torch.no_grad():
+                recomputed = sequence_logps(policy, collate(
+                    [encode_chat(tokenizer, config.policy.system_prompt, prompts[c.prompt_id].text) for c in completions],
+                    [c.token_ids for c in completions], tokenizer.pad_token_id))
+            gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
+            assert sum(gaps) / len(gaps) < 1e-3, (summary.round_index, gaps)
