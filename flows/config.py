@@ -72,6 +72,16 @@ class JudgeConfig(_Section):
         return self
 
 
+class ReviewConfig(_Section):
+    reviews_per_pair: int = Field(default=1, gt=0, description="labels a queued pair needs")
+    gate: Literal["auto", "wait", "skip"] = Field(
+        default="auto", description="wait for the round's reviews before training: auto = only in a deployed flow")
+    wait_timeout_s: int = Field(default=7 * 24 * 3600, gt=0, description="how long a deployed round waits for reviews")
+    min_reviewed: int = Field(default=5, ge=0, description="judge-human agreement is checked from this many reviewed pairs")
+    min_kappa: float = Field(default=0.2, ge=-1, le=1, description="train only if Cohen's kappa judge vs humans is at least this")
+    min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
+
+
 class TrainingConfig(DPOParams):
     min_pairs: int = Field(default=4, gt=0, description="fewer trustworthy pairs than this: do not train")
 
@@ -98,6 +108,7 @@ class RoundConfig(_Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     routing: RoutingPolicy = Field(default_factory=lambda: RoutingPolicy(high_stakes_tags=["safety", "privacy"]))
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

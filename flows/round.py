@@ -13,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import Pause
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
 
 from constitution.loader import Constitution, load_constitution
@@ -29,7 +34,9 @@ from judges.stats import judge_stats
 from lm.embedded import EMBEDDED_MODEL_NAME
 from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
 from prompts.loader import Prompt, load_prompts
+from review.agreement import AgreementCheck, check_agreement, human_labels, measure_agreement
 from review.routing import RoutingCandidate, route_spot_checks
+from review.session import progress as review_progress
 from sampling.sampler import Sampler, TransformersSampler
 from sampling.stage import pair_samples, sample_for_round, select_max_min
 from sampling.vllm_engine import VLLMEngineSampler, choose_backend, running_vllm_engine
@@ -37,7 +44,7 @@ from sampling.vllm_server import VLLMServerSampler
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
-from training.stage import TrainOutcome, build_preference_pairs, train_candidate
+from training.stage import TrainOutcome, build_preference_pairs, select_preferences, train_candidate
 
 EMBEDDED_PATH = f"embedded:{EMBEDDED_MODEL_NAME}"
 
@@ -54,11 +61,19 @@ class RoundSummary(BaseModel):
     position_consistency: float | None
     invalid_rate: float | None
     spot_checks_queued: int
+    agreement: AgreementCheck | None = None
     train: TrainOutcome
     eval: EvalOutcome | None
     candidate_id: str | None
     promoted: bool
     decision: str
+    status: Literal["finished", "waiting_for_review"] = "finished"
+
+
+class ReviewRelease(RunInput):
+    """What resumes a round suspended at the review gate (`rlaif review release`, or a finished queue)."""
+
+    released_by: str
 
 
 @flow(name="rlaif-round")
@@ -73,9 +88,15 @@ def rlaif_round(config: RoundConfig, round_index: int | None = None) -> RoundSum
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
         try:
             summary = run_round(store, config, constitution, prompts, rnd, threads)
+        except Pause:  # suspended at the review gate: the status says so; a resumed run starts over
+            raise
         except BaseException as exc:
             store.finish_round(rnd.round_id, "failed", f"{type(exc).__name__}: {exc}", {})
             raise
+        if summary.status == "waiting_for_review":
+            store.set_round_status(rnd.round_id, summary.status, summary.decision)
+            logger.warning("round %d is waiting for reviews: %s", rnd.round_index, summary.decision)
+            return summary
         store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"))
         logger.info("round %d finished: %s", rnd.round_index, summary.decision)
         return summary
@@ -98,9 +119,23 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         train_pairs = select_max_min_pairs(store, rnd, comparisons, verdicts)
         verdicts |= judge_round(store, judge, constitution, train_pairs)  # judge cache hits: no new calls
     queued = route_for_review(store, config, rnd, train_pairs, prompts, verdicts)
-    records = store.confident_preferences(rnd.round_id, judge.judge_id, constitution.content_hash)
-    dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
-    outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
+    waiting = review_gate(store, config, rnd)
+    if waiting is not None:
+        return RoundSummary(
+            round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
+            sampling_backend=backend, threads=threads, pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
+            position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
+            train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None, promoted=False,
+            decision=waiting, status="waiting_for_review")
+
+    candidates = store.training_candidates(rnd.round_id, judge.judge_id, constitution.content_hash)
+    labels = human_labels(store.reviews_of_round(rnd.round_id))
+    agreement = judge_human_agreement(store, config, rnd, judge.judge_id, constitution, candidates, labels)
+    if agreement.passed:
+        dataset = build_preference_pairs(select_preferences(candidates, labels), tokenizer, config.policy.system_prompt)
+        outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
+    else:
+        outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
     evaluation = None
     if candidate is not None:
         eval_pairs = sample_eval(store, config, rnd, candidate, tokenizer, outcome, heldout)
@@ -112,7 +147,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         sampling_backend=backend, threads=threads,
         pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
         position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
-        train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
+        agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
     )
 
 
@@ -255,6 +290,48 @@ def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, pr
     queue = route_spot_checks(candidates, config.routing, rnd.round_id, rnd.seed)
     store.append(queue)
     return len(store.review_queue(rnd.round_id))
+
+
+def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
+    """None when training may go on; else why the round waits for its reviews.
+
+    In a deployed flow the run suspends here (Prefect `suspend_flow_run`) until `rlaif review
+    release` or the finished queue resumes it; a resumed run starts over, and every stage before
+    this one is answered from the store. Outside a deployment, `gate: wait` ends the round as
+    waiting_for_review (rerun `rlaif round` once reviewed), and `auto` skips the gate with a warning.
+    """
+    logger = get_run_logger()
+    rnd = store.round_by_index(rnd.round_index) or rnd  # review_released may have changed since begin_round
+    done = review_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
+    if done.total == 0 or done.done == done.total or rnd.review_released:
+        return None
+    missing = f"{done.done}/{done.total} queued pairs reviewed"
+    deployed = deployment.id is not None
+    if config.review.gate == "skip" or (config.review.gate == "auto" and not deployed):
+        logger.warning("review gate skipped (review.gate %s, %s): only %s; training goes on with the judge's "
+                       "verdicts for the rest", config.review.gate, "deployed" if deployed else "not a deployed run", missing)
+        return None
+    if deployed:
+        store.set_flow_run(rnd.round_id, str(flow_run.id))
+        store.set_round_status(rnd.round_id, "waiting_for_review", missing)
+        logger.info("round %d suspends until its reviews are done (%s) or `rlaif review release %d`",
+                    rnd.round_index, missing, rnd.round_index)
+        release = suspend_flow_run(wait_for_input=ReviewRelease, timeout=config.review.wait_timeout_s,
+                                   key=f"review-gate-{rnd.round_id}")
+        logger.info("review gate released by %s", release.released_by)
+        return None
+    return (f"waiting for reviews: {missing}. Review with `rlaif review serve`, then rerun `rlaif round`, "
+            f"or `rlaif review release {rnd.round_index}` to train without them")
+
+
+@task(cache_policy=NO_CACHE)
+def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str, constitution: Constitution,
+                          candidates, labels) -> AgreementCheck:
+    rows = measure_agreement(candidates, labels, rnd.round_id, judge_id, constitution.content_hash)
+    store.append(rows)
+    check = check_agreement(rows, config.review.min_reviewed, config.review.min_kappa, config.review.min_accuracy)
+    (get_run_logger().info if check.passed else get_run_logger().warning)("judge-human agreement: %s", check.reason)
+    return check
 
 
 @task(cache_policy=NO_CACHE)

@@ -16,10 +16,13 @@ import duckdb
 import pyarrow as pa
 
 from store.rows import (
-    PreferenceRecord,
+    AgreementRow,
     ModelRow,
+    PairRecord,
     PairRow,
+    ReviewerRow,
     ReviewQueueRow,
+    ReviewRow,
     RoundRow,
     Row,
     TrainMetricRow,
@@ -192,32 +195,30 @@ class Store:
         )
         return {r.pair_id: r for r in rows}
 
-    def confident_preferences(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
-        """Training pairs of a round whose verdict is valid, consistent across orders and not a tie.
+    def training_candidates(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PairRecord]:
+        """The round's training pairs with texts, token ids and (if judged) the judge's verdict.
 
         Round-robin comparisons (n>2) only rank samples; their max_min selections are the training pairs.
         """
         cursor = self.con.execute(
             """
-            SELECT p.pair_id, pr.text AS prompt,
-                   CASE v.winner WHEN 'a' THEN ca.text ELSE cb.text END AS chosen_text,
-                   CASE v.winner WHEN 'a' THEN cb.text ELSE ca.text END AS rejected_text,
-                   CASE v.winner WHEN 'a' THEN ca.token_ids ELSE cb.token_ids END AS chosen_ids,
-                   CASE v.winner WHEN 'a' THEN cb.token_ids ELSE ca.token_ids END AS rejected_ids,
-                   v.confidence, v.rationale
+            SELECT p.pair_id, pr.text AS prompt, pr.tags AS prompt_tags,
+                   ca.text AS text_a, cb.text AS text_b, ca.token_ids AS ids_a, cb.token_ids AS ids_b,
+                   v.status AS verdict_status, v.winner AS judge_winner, coalesce(v.consistent, false) AS consistent,
+                   coalesce(v.confidence, 0.0) AS confidence, coalesce(v.rationale, '') AS rationale,
+                   coalesce(v.votes_json, '{}') AS votes_json
             FROM pairs p
-            JOIN verdicts v ON v.pair_id = p.pair_id AND v.judge_id = ? AND v.constitution_hash = ?
+            LEFT JOIN verdicts v ON v.pair_id = p.pair_id AND v.judge_id = ? AND v.constitution_hash = ?
             JOIN completions ca ON ca.completion_id = p.completion_a
             JOIN completions cb ON cb.completion_id = p.completion_b
             JOIN prompts pr ON pr.prompt_id = p.prompt_id
             WHERE p.round_id = ? AND p.purpose = 'train' AND p.pairing <> 'round_robin'
-              AND v.status = 'ok' AND v.consistent AND v.winner IN ('a', 'b')
             ORDER BY p.pair_id
             """,
             [judge_id, constitution_hash, round_id],
         )
         columns = [d[0] for d in cursor.description]
-        return [PreferenceRecord(**dict(zip(columns, values))) for values in cursor.fetchall()]
+        return [_from_record(PairRecord, dict(zip(columns, values))) for values in cursor.fetchall()]
 
     def verdicts_of_round(self, round_id: str, purpose: str = "train") -> dict[tuple[str, str], list[VerdictRow]]:
         """Every verdict on the round's pairs, grouped by (judge id, constitution hash)."""
@@ -234,6 +235,35 @@ class Store:
 
     def train_metrics(self, run_id: str) -> list[TrainMetricRow]:
         return self._select(TrainMetricRow, "run_id = ?", [run_id], "step")
+
+    # ---- review ---------------------------------------------------------------------------------
+    def reviewer_by_token(self, token_sha256: str) -> ReviewerRow | None:
+        found = self._select(ReviewerRow, "token_sha256 = ?", [token_sha256])
+        return found[0] if found else None
+
+    def reviews_of_round(self, round_id: str) -> list[ReviewRow]:
+        return self._select(ReviewRow, "pair_id IN (SELECT pair_id FROM review_queue WHERE round_id = ?)", [round_id],
+                            "created_at, review_id")
+
+    def delete_review(self, review_id: str) -> None:
+        """A reviewer's undo: the one row the product ever removes (it was a human's slip, not data)."""
+        self.con.execute("DELETE FROM reviews WHERE review_id = ?", [review_id])
+
+    def set_round_status(self, round_id: str, status: str, reason: str | None) -> None:
+        self.con.execute("UPDATE rounds SET status = ?, status_reason = ? WHERE round_id = ?", [status, reason, round_id])
+
+    def set_flow_run(self, round_id: str, flow_run_id: str) -> None:
+        self.con.execute("UPDATE rounds SET flow_run_id = ? WHERE round_id = ?", [flow_run_id, round_id])
+
+    def release_review(self, round_id: str) -> None:
+        self.con.execute("UPDATE rounds SET review_released = true WHERE round_id = ?", [round_id])
+
+    def agreement(self, round_id: str) -> list[AgreementRow]:
+        """The latest agreement rows of a round (one computation per judge and constitution)."""
+        return self._select(
+            AgreementRow,
+            "round_id = ? AND computed_at = (SELECT max(computed_at) FROM agreement WHERE round_id = ?)",
+            [round_id, round_id], "scope, subject")
 
 
 def _to_record(row: Row) -> dict[str, Any]:

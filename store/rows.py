@@ -130,6 +130,43 @@ class ReviewQueueRow(Row):
     queued_at: datetime = Field(default_factory=utcnow)
 
 
+class ReviewRow(Row):
+    """One reviewer's label on one pair; `winner` is in the pair's own a/b terms, whatever was shown."""
+
+    table: ClassVar[str] = "reviews"
+    key: ClassVar[tuple[str, ...]] = ("review_id",)
+    review_id: str
+    pair_id: str
+    reviewer: str
+    winner: Literal["a", "b", "tie", "skip"]
+    rationale: str | None = None
+    shown_order: Literal["ab", "ba"]
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ReviewerRow(Row):
+    table: ClassVar[str] = "reviewers"
+    key: ClassVar[tuple[str, ...]] = ("reviewer_id",)
+    reviewer_id: str
+    token_sha256: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AgreementRow(Row):
+    table: ClassVar[str] = "agreement"
+    key: ClassVar[tuple[str, ...]] = ("agreement_id",)
+    agreement_id: str
+    round_id: str
+    judge_id: str
+    constitution_hash: str
+    scope: Literal["overall", "principle", "tag"]
+    subject: str  # "" (overall), a principle id or a tag
+    n: int
+    accuracy: float | None
+    kappa: float | None
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
 class TrainRunRow(Row):
     table: ClassVar[str] = "train_runs"
     key: ClassVar[tuple[str, ...]] = ("run_id",)
@@ -175,7 +212,7 @@ class RoundRow(Row):
     key: ClassVar[tuple[str, ...]] = ("round_id",)
     round_id: str
     round_index: int
-    status: Literal["running", "finished", "failed"]
+    status: Literal["running", "waiting_for_review", "finished", "failed"]
     status_reason: str | None = None
     policy_id: str
     constitution_hash: str
@@ -184,6 +221,26 @@ class RoundRow(Row):
     summary_json: dict[str, Any] | None = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    review_released: bool = False
+    flow_run_id: str | None = None
+
+
+class PairRecord(BaseModel):
+    """A query result, not a table: a training pair with its texts, token ids and the judge's verdict."""
+
+    pair_id: str
+    prompt: str
+    prompt_tags: list[str]
+    text_a: str
+    text_b: str
+    ids_a: list[int]
+    ids_b: list[int]
+    verdict_status: ParseStatus | None  # None: not judged by this judge
+    judge_winner: Winner | None
+    consistent: bool
+    confidence: float
+    rationale: str
+    votes_json: dict[str, Any]
 
 
 class PreferenceRecord(BaseModel):
@@ -197,3 +254,4 @@ class PreferenceRecord(BaseModel):
     rejected_ids: list[int]
     confidence: float
     rationale: str
+    source: Literal["judge", "human"] = "judge"  # human labels override the judge

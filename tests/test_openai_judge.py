@@ -11,6 +11,7 @@ from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
 from judges.stage import judge_pairs
 from store.db import Store
 from store.rows import JudgmentRow
+from training.stage import select_preferences
 
 from helpers import seed_pairs
 from openai_stub_server import StubOpenAIServer
@@ -44,7 +45,8 @@ def test_every_fault_is_retried_or_recorded_and_never_counted(tmp_path):
         assert schema_retry.parse_status == "ok" and "maybe" in schema_retry.raw_response
         assert all(j.prompt_tokens > 0 for j in judgments.values() if j.parse_status == "ok")
         # nothing invalid or errored becomes training data
-        trusted = {r.pair_id for r in store.confident_preferences("r", verdicts[pairs[0].pair_id].judge_id, constitution.content_hash)}
+        candidates = store.training_candidates("r", verdicts[pairs[0].pair_id].judge_id, constitution.content_hash)
+        trusted = {r.pair_id for r in select_preferences(candidates, human={})}
         assert trusted == {p.pair_id for f, p in zip(faults, pairs) if f not in ("FAULT:truncated", "FAULT:always500")}
 
 

@@ -10,6 +10,7 @@ import torch
 from flows.config import RoundConfig
 from store.db import Store
 from store.rows import CompletionRow, PromptRow
+from training.stage import select_preferences
 
 # Check principles decide deterministically (and identically in both orders), so some pairs of the
 # random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
@@ -116,7 +117,7 @@ def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_
                 for cid, sign in ((p.completion_a, 1), (p.completion_b, -1)):
                     score[cid] = score.get(cid, 0) + {"a": sign, "b": -sign}.get(w, 0)
             assert {score[pair.completion_a], score[pair.completion_b]} == {max(score.values()), min(score.values())}
-        records = store.confident_preferences(rnd.round_id, summary.judge_id, rnd.constitution_hash)
+        records = select_preferences(store.training_candidates(rnd.round_id, summary.judge_id, rnd.constitution_hash), {})
         assert {r.pair_id for r in records} <= {p.pair_id for p in chosen}  # round-robin comparisons never train
         assert summary.train.n_pairs == len(records)
         queued = {q.pair_id for q in store.review_queue(rnd.round_id)}

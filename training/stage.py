@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from peft import PeftModel
@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lm.loading import encode_chat
 from store.db import Store
 from store.ids import stable_id
-from store.rows import ModelRow, PreferenceRecord, TrainMetricRow, TrainRunRow
+from store.rows import ModelRow, PairRecord, PreferenceRecord, TrainMetricRow, TrainRunRow
 from training.trainer import DPOParams, PreferencePair, StepMetrics, add_lora, num_steps, train_dpo
 
 
@@ -34,6 +34,27 @@ class TrainOutcome(BaseModel):
     n_pairs: int = 0
     first_loss: float | None = None
     last_loss: float | None = None
+
+
+def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) -> list[PreferenceRecord]:
+    """The trustworthy preferences: a human label where one exists (a human tie drops the pair),
+    else a valid judge verdict whose two orders agree on a winner."""
+    selected = []
+    for r in records:
+        if r.pair_id in human:
+            winner, source = human[r.pair_id], "human"
+        elif r.verdict_status == "ok" and r.consistent:
+            winner, source = r.judge_winner, "judge"
+        else:
+            continue
+        if winner not in ("a", "b"):
+            continue
+        chosen, rejected = ((r.text_a, r.ids_a), (r.text_b, r.ids_b)) if winner == "a" else ((r.text_b, r.ids_b), (r.text_a, r.ids_a))
+        selected.append(PreferenceRecord(pair_id=r.pair_id, prompt=r.prompt, chosen_text=chosen[0], rejected_text=rejected[0],
+                                         chosen_ids=chosen[1], rejected_ids=rejected[1], source=source,
+                                         confidence=1.0 if source == "human" else r.confidence,
+                                         rationale="human review" if source == "human" else r.rationale))
+    return selected
 
 
 def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> list[PreferencePair]:
