@@ -1,4 +1,4 @@
-"""The `rlaif` command line: init, round, demo, status."""
+"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, review ..."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rich.table import Table
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
 from flows.config import ConfigError, RoundConfig, load_config
 from prompts.loader import PromptError, load_prompts
+from review.session import ReviewError
 from store.db import Store, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-judged preference tuning (RLAIF), one round at a time.")
@@ -80,7 +81,7 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ConstitutionError, PromptError, FileNotFoundError) as exc:
+        except (ConfigError, ConstitutionError, PromptError, ReviewError, FileNotFoundError) as exc:
             _fail(str(exc), 2)
         except StoreError as exc:
             _fail(str(exc), 1)
@@ -204,7 +205,8 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
         with Store(db, read_only=True) as store:
             rounds = store.rounds()
             table = Table(title=f"rounds in {db}")
-            for col in ("round", "status", "policy", "pairs", "consistency", "invalid", "spot-checks", "DPO loss first→last", "win rate", "promoted", "why"):
+            for col in ("round", "status", "pairs", "consistency", "invalid", "spot-checks", "reviewed",
+                        "judge-human κ / acc", "DPO loss first→last", "win rate", "promoted"):
                 table.add_column(col)
             for r in rounds:
                 s = r.summary_json or {}
@@ -212,12 +214,24 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
                 stats = judge_stats(verdicts) if verdicts else None
                 train, ev = s.get("train") or {}, s.get("eval") or {}
                 loss = "-" if train.get("first_loss") is None else f"{train['first_loss']:.4f}→{train['last_loss']:.4f}"
-                table.add_row(str(r.round_index), r.status, r.policy_id, str(stats.pairs if stats else 0),
+                queue, reviewed = store.review_queue(r.round_id), {v.pair_id for v in store.reviews_of_round(r.round_id) if v.winner != "skip"}
+                overall = next((a for a in store.agreement(r.round_id) if a.scope == "overall"), None)
+                kappa = "-" if overall is None or overall.kappa is None else f"{overall.kappa:.2f} / {overall.accuracy:.0%} (n={overall.n})"
+                table.add_row(str(r.round_index), r.status, str(stats.pairs if stats else 0),
                               _pct(stats and stats.position_consistency), _pct(stats and stats.invalid_rate),
-                              str(len(store.review_queue(r.round_id))), loss,
-                              "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no",
-                              r.status_reason or "")
+                              str(len(queue)), str(len(reviewed)), kappa, loss,
+                              "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no")
             console.print(table)
+            for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
+                console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
+                              highlight=False, soft_wrap=True)
+            if rounds and store.agreement(rounds[-1].round_id):
+                detail = Table(title=f"judge-human agreement, round {rounds[-1].round_index}")
+                for col in ("scope", "subject", "n", "accuracy", "kappa"):
+                    detail.add_column(col)
+                for a in store.agreement(rounds[-1].round_id):
+                    detail.add_row(a.scope, a.subject or "all", str(a.n), _pct(a.accuracy), "-" if a.kappa is None else f"{a.kappa:.2f}")
+                console.print(detail)
             counts = Table(title="rows per table")
             counts.add_column("table")
             counts.add_column("rows", justify="right")
@@ -227,6 +241,124 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
             policy = store.current_policy()
             console.print(f"current policy: {policy.model_id if policy else '-'} ({policy.kind if policy else ''})")
     _guard(show)()
+
+
+review_app = typer.Typer(no_args_is_help=True, help="Human spot-check review: reviewers, the review page, the gate.")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("add-reviewer")
+def review_add_reviewer(name: str = typer.Argument(..., help="the reviewer's name (letters, digits, - _ .)"),
+                        db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
+    """Register a reviewer and print their token (shown once; only its hash is stored)."""
+    from review.session import add_reviewer
+
+    def run() -> None:
+        if not db.exists():
+            raise StoreError(f"{db} does not exist: run a round first")
+        with Store(db) as store:
+            token = add_reviewer(store, name)
+        console.print(f"reviewer {escape(name)} added. Token (keep it secret, it is not stored):")
+        console.print(token, highlight=False, soft_wrap=True)
+    _guard(run)()
+
+
+def _review_settings(config: Optional[Path]):
+    cfg = load_config(config) if config else RoundConfig()
+    return load_constitution(cfg.constitution), cfg.review.reviews_per_pair
+
+
+@review_app.command("serve")
+def review_serve(
+    db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="round config (constitution, reviews per pair)"),
+    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback exposes the page to your network"),
+    port: int = typer.Option(8765, help="port"),
+) -> None:
+    """Serve the review page (reviewer token required)."""
+    def run() -> None:
+        import uvicorn
+
+        from review.app import create_app
+
+        constitution, per_pair = _review_settings(config)
+        if not db.exists():
+            raise StoreError(f"{db} does not exist: run a round first")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"[yellow]warning:[/] binding {escape(host)}: the review page is reachable from your network")
+        with Store(db) as store:
+            def on_round_done(round_index: int) -> None:
+                _release(store, round_index, "the review queue was finished")
+            web = create_app(store, constitution, reviews_per_pair=per_pair, on_round_done=on_round_done)
+            console.print(f"review page on http://{host}:{port}/ (log in with a token from `rlaif review add-reviewer`)")
+            uvicorn.run(web, host=host, port=port, log_level="warning")
+    _guard(run)()
+
+
+def _release(store: Store, round_index: int, released_by: str) -> str:
+    """Let round `round_index` train without waiting for more reviews; resume it if it is suspended."""
+    from review.session import round_or_error
+
+    rnd = round_or_error(store, round_index)
+    store.release_review(rnd.round_id)
+    if rnd.status == "waiting_for_review" and rnd.flow_run_id:
+        from prefect.flow_runs import resume_flow_run
+
+        resume_flow_run(rnd.flow_run_id, run_input={"released_by": released_by})
+        return f"round {round_index} released; its suspended flow run {rnd.flow_run_id} resumes"
+    return f"round {round_index} released: its next run trains without waiting for reviews"
+
+
+@review_app.command("release")
+def review_release(round_index: int = typer.Argument(..., metavar="ROUND"),
+                   db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
+    """Open the review gate of ROUND (agreement is still checked on the reviews there are)."""
+    def run() -> None:
+        with Store(db) as store:
+            console.print(_release(store, round_index, "rlaif review release"))
+    _guard(run)()
+
+
+@review_app.command("next")
+def review_next(
+    round_index: int = typer.Option(..., "--round", help="round to review"),
+    db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="round config (constitution, reviews per pair)"),
+    token: str = typer.Option(..., envvar="RLAIF_REVIEWER_TOKEN", prompt=True, hide_input=True, help="your reviewer token"),
+) -> None:
+    """Review in the terminal: 1/2/3 = response 1 / response 2 / tie, s = skip, u = undo, q = quit."""
+    from review.session import next_item, progress, record_review, reviewer_for_token, undo_last
+
+    def run() -> None:
+        constitution, per_pair = _review_settings(config)
+        with Store(db) as store:
+            reviewer = reviewer_for_token(store, token)
+            if reviewer is None:
+                _fail("that token belongs to no reviewer (see `rlaif review add-reviewer`)", code=1)
+            console.print("[bold]Guidelines[/]")
+            for p in constitution.principles:
+                console.print(f"- {escape(p.id)}: {escape(p.text)}", highlight=False)
+            while (item := next_item(store, round_index, reviewer.reviewer_id, per_pair)) is not None:
+                console.rule(f"round {round_index}: {item.done}/{item.total} pairs done")
+                for title, text in (("Prompt", item.prompt), ("Response 1", item.left), ("Response 2", item.right)):
+                    console.print(f"[bold]{title}[/]")
+                    console.print(escape(text), highlight=False, markup=False)
+                key = typer.prompt("1 / 2 / 3 (tie) / s (skip) / u (undo) / q (quit)").strip().lower()
+                if key == "q":
+                    return
+                if key == "u":
+                    undone = undo_last(store, round_index, reviewer.reviewer_id)
+                    console.print("undid your last review" if undone else "nothing to undo")
+                    continue
+                choice = {"1": "left", "2": "right", "3": "tie", "s": "skip"}.get(key)
+                if choice is None:
+                    console.print("type 1, 2, 3, s, u or q")
+                    continue
+                rationale = "" if choice == "skip" else typer.prompt("why? (Enter to skip)", default="", show_default=False)
+                record_review(store, round_index, reviewer.reviewer_id, item.pair_id, item.shown_order, choice, rationale)
+            done = progress(store, round_index, reviewer.reviewer_id, per_pair)
+            console.print(f"nothing left for you in round {round_index} ({done.done}/{done.total} pairs done)")
+    _guard(run)()
 
 
 if __name__ == "__main__":

@@ -178,3 +178,43 @@ principles:
                     [c.token_ids for c in completions], tokenizer.pad_token_id))
             gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
             assert sum(gaps) / len(gaps) < 1e-3, (summary.round_index, gaps)
+
+
+def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefect_harness, round_config):
+    """Outside a deployment, `review.gate: wait` ends the round as waiting; reviewed and rerun, it checks agreement."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.round import rlaif_round
+    from review.session import add_reviewer, next_item, record_review
+
+    config = round_config.model_copy(update={"review": round_config.review.model_copy(
+        update={"gate": "wait", "min_reviewed": 1, "min_kappa": 0.2, "min_accuracy": 0.6})})
+    waiting = rlaif_round(config=config)
+    assert waiting.status == "waiting_for_review" and not waiting.train.trained and "waiting for reviews: 0/" in waiting.decision
+
+    with Store(config.db_path()) as store:
+        rnd = store.rounds()[0]
+        assert rnd.status == "waiting_for_review" and rnd.status_reason == waiting.decision
+        add_reviewer(store, "alice")
+        verdicts = store.verdicts([q.pair_id for q in store.review_queue(rnd.round_id)], waiting.judge_id, rnd.constitution_hash)
+        # the human always says the opposite of what the judge would train on
+        while (item := next_item(store, 1, "alice", reviews_per_pair=1)) is not None:
+            v = verdicts[item.pair_id]
+            judge_says = v.winner if v.status == "ok" and v.consistent and v.winner in ("a", "b") else "tie"
+            human_wants = {"a": "b", "b": "a", "tie": "a"}[judge_says]
+            left_is = "a" if item.shown_order == "ab" else "b"
+            record_review(store, 1, "alice", item.pair_id, item.shown_order, "left" if human_wants == left_is else "right", None)
+
+    summary = rlaif_round(config=config)  # resumes the waiting round
+    assert summary.round_index == 1 and summary.status == "finished"
+    assert not summary.agreement.passed and summary.agreement.accuracy == 0.0
+    assert not summary.train.trained and summary.candidate_id is None and not summary.promoted
+    assert "judge-human agreement too low" in summary.decision
+    with Store(config.db_path(), read_only=True) as store:
+        assert store.count_rows()["train_runs"] == 0
+        overall = [a for a in store.agreement("round-0001") if a.scope == "overall"]
+        assert overall[0].accuracy == 0.0 and overall[0].n == summary.agreement.n > 0
+    status = CliRunner().invoke(app, ["status", "--db", str(config.db_path())])
+    assert status.exit_code == 0 and "round 1 (policy" in status.output, status.output
+    assert "judge-human agreement too low" in " ".join(status.output.split()), status.output

@@ -1,0 +1,94 @@
+"""Review logic: human labels, their override of the judge, judge-human agreement, the reviewing session."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from judges.stats import cohen_kappa
+from review.agreement import check_agreement, human_labels, measure_agreement
+from review.session import ReviewError, add_reviewer, next_item, record_review, reviewer_for_token, undo_last
+from store.db import Store
+from store.rows import PairRecord, ReviewQueueRow, ReviewRow, RoundRow
+from training.stage import select_preferences
+
+from helpers import seed_pairs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kappa_matches_sklearn(seed):
+    rng = random.Random(seed)
+    labels = ["a", "b", "tie"][: 2 + seed % 2]
+    judge = [rng.choice(labels) for _ in range(40)]
+    human = [j if rng.random() < 0.6 else rng.choice(labels) for j in judge]
+    assert cohen_kappa(judge, human) == pytest.approx(cohen_kappa_score(judge, human), abs=1e-12)
+
+
+def review(pair_id: str, reviewer: str, winner: str) -> ReviewRow:
+    return ReviewRow(review_id=f"{pair_id}-{reviewer}", pair_id=pair_id, reviewer=reviewer, winner=winner, shown_order="ab")
+
+
+def test_human_label_is_the_majority_and_a_split_is_a_tie():
+    reviews = [review("p1", "x", "a"), review("p1", "y", "a"), review("p1", "z", "b"),
+               review("p2", "x", "a"), review("p2", "y", "b"),
+               review("p3", "x", "skip"), review("p4", "x", "skip"), review("p4", "y", "tie")]
+    assert human_labels(reviews) == {"p1": "a", "p2": "tie", "p4": "tie"}
+
+
+def record(pair_id: str, winner: str | None, consistent: bool = True, votes: dict | None = None, tags=("billing",)) -> PairRecord:
+    return PairRecord(pair_id=pair_id, prompt="q", prompt_tags=list(tags), text_a="A", text_b="B", ids_a=[1], ids_b=[2],
+                      verdict_status="ok" if winner else None, judge_winner=winner, consistent=consistent,
+                      confidence=0.9, rationale="judge says", votes_json=votes or {})
+
+
+def test_human_labels_override_the_judge_and_a_human_tie_drops_the_pair():
+    records = [record("p1", "a"), record("p2", "a"), record("p3", "a"), record("p4", "b", consistent=False), record("p5", "b", consistent=False)]
+    chosen = {r.pair_id: r for r in select_preferences(records, {"p2": "b", "p3": "tie", "p5": "a"})}
+    assert set(chosen) == {"p1", "p2", "p5"}                      # p3: human tie; p4: judge orders disagree, no human
+    assert (chosen["p1"].chosen_text, chosen["p1"].source) == ("A", "judge")
+    assert (chosen["p2"].chosen_text, chosen["p2"].source) == ("B", "human")   # the human wins over the judge
+    assert (chosen["p5"].chosen_text, chosen["p5"].source) == ("A", "human")   # a human label rescues an untrusted pair
+
+
+def test_agreement_overall_per_principle_per_tag_and_the_gate():
+    records = [record("p1", "a", votes={"honest": "a", "concise": "b"}), record("p2", "b", votes={"honest": "b", "concise": "n/a"}, tags=("safety",)),
+               record("p3", "a", consistent=False, votes={"honest": "tie"}), record("p4", "a")]
+    rows = measure_agreement(records, {"p1": "a", "p2": "a", "p3": "tie"}, "r", "j", "c")
+    by = {(r.scope, r.subject): r for r in rows}
+    assert (by["overall", ""].n, by["overall", ""].accuracy) == (3, pytest.approx(2 / 3))   # p3: inconsistent judge = tie
+    assert by["overall", ""].kappa == pytest.approx(cohen_kappa_score(["a", "b", "tie"], ["a", "a", "tie"]))
+    assert (by["principle", "honest"].n, by["principle", "honest"].accuracy) == (3, pytest.approx(2 / 3))
+    assert (by["principle", "concise"].n, by["principle", "concise"].accuracy) == (1, 0.0)  # n/a votes are not counted
+    assert (by["tag", "safety"].n, by["tag", "safety"].accuracy) == (1, 0.0)
+    assert check_agreement(rows, min_reviewed=5, min_kappa=0.9, min_accuracy=0.9).passed  # too few reviews to judge
+    refused = check_agreement(rows, min_reviewed=3, min_kappa=0.9, min_accuracy=0.5)
+    assert not refused.passed and "review.min_kappa" in refused.reason and "review.min_accuracy" not in refused.reason
+
+
+def test_reviewing_session_blind_order_undo_and_tokens(tmp_path):
+    with Store(tmp_path / "r.duckdb") as store:
+        pairs = seed_pairs(store, [(f"q{i}", f"A{i}", f"B{i}") for i in range(4)])
+        store.append([RoundRow(round_id="r", round_index=1, status="running", policy_id="m", constitution_hash="c", seed=0, config_json={})])
+        store.append([ReviewQueueRow(pair_id=p.pair_id, round_id="r", reasons=["random"]) for p in pairs])
+        alice = reviewer_for_token(store, add_reviewer(store, "alice"))
+        bob_token = add_reviewer(store, "bob")
+        assert reviewer_for_token(store, "not-a-token") is None and alice.reviewer_id == "alice"
+        with pytest.raises(ReviewError, match="already exists"):
+            add_reviewer(store, "alice")
+
+        orders = set()
+        for _ in range(4):
+            item = next_item(store, 1, "alice", reviews_per_pair=2)
+            orders.add(item.shown_order)
+            row = record_review(store, 1, "alice", item.pair_id, item.shown_order, "left", "left is better")
+            assert row.winner == ("a" if item.left.startswith("A") else "b")  # stored in the pair's own terms
+        assert orders == {"ab", "ba"} and next_item(store, 1, "alice", 2) is None
+        assert next_item(store, 1, "bob", 2) is not None  # two labels per pair: bob still has work
+        last = undo_last(store, 1, "alice")
+        assert next_item(store, 1, "alice", 2).pair_id == last.pair_id  # the undone pair comes back
+        assert undo_last(store, 1, reviewer_for_token(store, bob_token).reviewer_id) is None  # bob cannot undo alice's
+        with pytest.raises(ReviewError, match="not in round 1's review queue"):
+            record_review(store, 1, "alice", "'; DROP TABLE reviews; --", "ab", "left", None)
+        assert len(store.reviews_of_round("r")) == 3
