@@ -68,6 +68,7 @@ def _print_summary(s) -> None:
     table.add_row("position consistency", f"{_pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
     table.add_row("invalid judgments", _pct(s.invalid_rate))
     table.add_row("spot-checks queued", str(s.spot_checks_queued))
+    table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
     table.add_row("DPO pairs", str(s.train.n_pairs))
     table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
     table.add_row("candidate win rate", "-" if s.eval is None else f"{s.eval.win_rate:.2f} (n={s.eval.n}, W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")

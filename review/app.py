@@ -1,0 +1,277 @@
+"""The review web page: reviewers label queued pairs in a browser, one pair at a time.
+
+A thin layer over review.session (which decides what a reviewer sees and what a label means).
+The app owns no state besides the Store it is given: DuckDB allows one writing process per file,
+so the CLI opens the Store once and hands it here, and a lock serialises every use of its single
+connection (FastAPI runs sync endpoints in a thread pool).
+
+Security choices, because model text is untrusted and labels become training data:
+  * pages are server-rendered with autoescaping; model text is only ever printed as escaped text
+    (CSS `white-space: pre-wrap` keeps its layout), and a strict Content-Security-Policy forbids
+    inline scripts and styles, so even a missed escape could not run code;
+  * who labelled is always derived from the token (cookie or `Authorization: Bearer`), never from
+    a form field or the URL;
+  * the cookie is HttpOnly and SameSite=Strict, so other sites can neither read it nor post with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import jinja2
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from constitution.loader import Constitution
+from review import session
+from store.db import Store
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TOKEN_COOKIE = "rlaif_token"
+MAX_FORM_BYTES = 64 * 1024   # a rationale is capped at 4000 characters; anything far bigger is not our form
+MAX_FORM_FIELDS = 20
+
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # every {{ value }} is HTML-escaped; templates never use |safe
+    undefined=jinja2.StrictUndefined,
+)
+
+
+# ---- failures, each turned into a page by the handlers in _add_error_pages ----------------------
+class NotLoggedIn(Exception):
+    """No valid reviewer token on the request."""
+
+
+class UnknownRound(Exception):
+    def __init__(self, round_index: int):
+        super().__init__(f"There is no round {round_index}.")
+
+
+class BadForm(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def page(name: str, status: int = 200, **context: object) -> HTMLResponse:
+    context.setdefault("reviewer", None)
+    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
+
+
+def request_token(request: Request) -> str | None:
+    """The reviewer token: an `Authorization: Bearer` header (scripts) or the login cookie (browsers)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(TOKEN_COOKIE) or None
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The url-encoded form body, size-limited.
+
+    Parsed here with the standard library so the app does not need python-multipart. When a
+    field is repeated the first value counts, so appending a second value cannot override it.
+    """
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise BadForm(415, "Send the form as application/x-www-form-urlencoded.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadForm(413, "The form is too large.")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # includes UnicodeDecodeError and too many fields
+        raise BadForm(400, "The form could not be read.") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        fields.setdefault(key, value)
+    return fields
+
+
+def browser_text(value: str | None) -> str | None:
+    """A textarea's value as typed: browsers submit line breaks as CRLF (HTML spec), we store LF."""
+    return value.replace("\r\n", "\n") if value else None
+
+
+def notify_round_done(callback: Callable[[int], None], round_index: int) -> None:
+    """Tell the caller a round's queue is fully labelled; a failing callback must not lose the label."""
+    try:
+        callback(round_index)
+    except Exception:
+        log.exception("on_round_done(%s) failed; the labels are stored", round_index)
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response, static files and error pages included."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                if not is_static:  # pages show who is logged in and what is queued: never cache them
+                    headers["cache-control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    @app.exception_handler(NotLoggedIn)
+    def not_logged_in(request: Request, exc: NotLoggedIn) -> Response:
+        # A browser opening a page goes to the login form; anything that changes data is refused.
+        if request.method in ("GET", "HEAD"):
+            return RedirectResponse("/login", status_code=303)
+        return page("error.html", 401, title="Not logged in",
+                    message="This needs a valid reviewer token. Log in again.", back="/login")
+
+    @app.exception_handler(UnknownRound)
+    def unknown_round(request: Request, exc: UnknownRound) -> Response:
+        return page("error.html", 404, title="No such round", message=str(exc), back="/")
+
+    @app.exception_handler(RequestValidationError)
+    def bad_path(request: Request, exc: RequestValidationError) -> Response:
+        # The only typed path parameter is the round index: "/rounds/abc" names no round.
+        return page("error.html", 404, title="No such round", message="Round numbers are integers.", back="/")
+
+    @app.exception_handler(BadForm)
+    def bad_form(request: Request, exc: BadForm) -> Response:
+        return page("error.html", exc.status, title="Bad request", message=str(exc), back="/")
+
+    @app.exception_handler(session.ReviewError)
+    def review_error(request: Request, exc: session.ReviewError) -> Response:
+        round_index = request.path_params.get("round_index")
+        back = f"/rounds/{int(round_index)}" if round_index is not None else "/"
+        return page("error.html", 400, title="Label not stored", message=str(exc), back=back)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return page("error.html", exc.status_code, title="Error", message=str(exc.detail), back="/")
+
+
+# ---- the app ------------------------------------------------------------------------------------
+def create_app(
+    store: Store,
+    constitution: Constitution,
+    reviews_per_pair: int = 1,
+    on_round_done: Callable[[int], None] = lambda round_index: None,
+) -> FastAPI:
+    """The review site over an open Store.
+
+    `on_round_done(round_index)` is called (holding the store lock, so it may use the store) when a
+    label completes a round's queue: every queued pair has `reviews_per_pair` labels.
+    """
+    app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
+    lock = threading.Lock()
+    app.state.store = store
+    app.state.store_lock = lock  # anyone else touching the store while the app runs must hold it
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _add_error_pages(app)
+
+    def reviewer(request: Request) -> str:
+        """The logged-in reviewer's id (a dependency of every protected endpoint)."""
+        with lock:
+            row = session.reviewer_for_token(store, request_token(request))
+        if row is None:
+            raise NotLoggedIn()
+        return row.reviewer_id
+
+    def check_round(round_index: int) -> None:
+        """Call holding the lock."""
+        if store.round_by_index(round_index) is None:
+            raise UnknownRound(round_index)
+
+    @app.get("/login")
+    def login_page() -> Response:
+        return page("login.html")
+
+    @app.post("/login")
+    def login(form: dict[str, str] = Depends(form_fields)) -> Response:
+        token = form.get("token", "").strip()
+        with lock:
+            row = session.reviewer_for_token(store, token)
+        if row is None:
+            return page("login.html", 401, error="That token is not valid.")
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.post("/logout")
+    def logout(who: str = Depends(reviewer)) -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/")
+    def queue(who: str = Depends(reviewer)) -> Response:
+        with lock:
+            rounds = sorted(store.rounds(), key=lambda r: r.round_index, reverse=True)
+            rows = [(r, session.progress(store, r.round_index, who, reviews_per_pair)) for r in rounds]
+        return page("queue.html", reviewer=who, rows=rows)
+
+    @app.get("/rounds/{round_index}")
+    def review_page(round_index: int, who: str = Depends(reviewer)) -> Response:
+        with lock:
+            check_round(round_index)
+            item = session.next_item(store, round_index, who, reviews_per_pair)
+            progress = session.progress(store, round_index, who, reviews_per_pair)
+        return page("review.html", reviewer=who, round_index=round_index, item=item, progress=progress,
+                    constitution=constitution)
+
+    @app.post("/rounds/{round_index}/label")
+    def label(round_index: int, who: str = Depends(reviewer),
+              form: dict[str, str] = Depends(form_fields)) -> Response:
+        with lock:
+            check_round(round_index)
+            before = session.progress(store, round_index, who, reviews_per_pair)
+            session.record_review(store, round_index, who, pair_id=form.get("pair_id", ""),
+                                  shown_order=form.get("shown_order", ""), choice=form.get("choice", ""),
+                                  rationale=browser_text(form.get("rationale")))
+            after = session.progress(store, round_index, who, reviews_per_pair)
+            # Only the label that completes the queue reports it (not every later skip or late label).
+            if after.total > 0 and after.done == after.total and before.done < after.total:
+                notify_round_done(on_round_done, round_index)
+        return RedirectResponse(f"/rounds/{round_index}", status_code=303)
+
+    @app.post("/rounds/{round_index}/undo")
+    def undo(round_index: int, who: str = Depends(reviewer)) -> Response:
+        with lock:
+            check_round(round_index)
+            session.undo_last(store, round_index, who)
+        return RedirectResponse(f"/rounds/{round_index}", status_code=303)
+
+    return app

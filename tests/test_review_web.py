@@ -1,0 +1,334 @@
+"""The review web page in a real browser (Debian's chromium driven by Playwright) against a live server.
+
+Each test gets a fresh DuckDB file, a Store opened once (the app is its only other user; the test
+reads it holding the app's lock) and a uvicorn server on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from helpers import seed_pairs
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from constitution.loader import load_constitution
+from review.app import create_app
+from review.session import add_reviewer
+from store.db import Store
+from store.rows import ReviewQueueRow, ReviewRow, RoundRow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
+SQL_PAYLOADS = ["'; DROP TABLE reviews; --", "' OR '1'='1"]
+
+
+@dataclass
+class Site:
+    url: str
+    store: Store
+    lock: threading.Lock
+    tokens: dict[str, str]
+    texts: list[tuple[str, str, str]]
+    round_done_calls: list[int] = field(default_factory=list)
+
+    def reviews(self, reviewer: str | None = None) -> list[ReviewRow]:
+        with self.lock:
+            rows = self.store.reviews_of_round("r")
+        return [r for r in rows if reviewer is None or r.reviewer == reviewer]
+
+    def count_rows(self) -> dict[str, int]:
+        with self.lock:
+            return self.store.count_rows()
+
+    def client(self, reviewer: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[reviewer]}"} if reviewer else {}
+        return httpx.Client(base_url=self.url, headers=headers, follow_redirects=False, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture()
+def make_site(tmp_path):
+    """make_site(texts): one queued pair per (prompt, text a, text b) in round 1, reviewers alice and bob."""
+    running: list[tuple[uvicorn.Server, threading.Thread, Store]] = []
+
+    def make(texts: list[tuple[str, str, str]]) -> Site:
+        store = Store(tmp_path / "rlaif.duckdb")
+        pairs = seed_pairs(store, texts)
+        store.append([RoundRow(round_id="r", round_index=1, status="running", policy_id="m",
+                               constitution_hash="x", seed=0, config_json={})])
+        store.append([ReviewQueueRow(pair_id=p.pair_id, round_id="r", reasons=["random"]) for p in pairs])
+        tokens = {name: add_reviewer(store, name) for name in ("alice", "bob")}
+        calls: list[int] = []
+        app = create_app(store, load_constitution("bundled:support"), reviews_per_pair=1,
+                         on_round_done=calls.append)
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=sock.getsockname()[1],
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread, store))
+        for _ in range(500):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert server.started, "uvicorn did not start"
+        return Site(url=f"http://127.0.0.1:{sock.getsockname()[1]}", store=store, lock=app.state.store_lock,
+                    tokens=tokens, texts=texts, round_done_calls=calls)
+
+    yield make
+    for server, thread, store in running:
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+
+
+def log_in(page: Page, site: Site, reviewer: str) -> None:
+    """Open a protected page, get sent to the login form, type the token and press Enter."""
+    page.goto(site.url + "/rounds/1")
+    assert page.url == site.url + "/login"
+    page.locator("#token").press_sequentially(site.tokens[reviewer])
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url == site.url + "/"
+
+
+def hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert match, f"no hidden {name} field in the page"
+    return match.group(1)
+
+
+def pair_index(site: Site, text: str) -> tuple[int, str]:
+    """Which seeded pair and which side ("a"/"b") a completion text shown on screen is."""
+    for i, (_, a, b) in enumerate(site.texts):
+        if text == a:
+            return i, "a"
+        if text == b:
+            return i, "b"
+    raise AssertionError(f"{text!r} is not a seeded completion")
+
+
+# ---- 1: keyboard-only labelling ------------------------------------------------------------------
+def test_keyboard_labelling_and_undo(make_site, page: Page):
+    site = make_site([(f"Prompt {i}", f"A-text {i}", f"B-text {i}") for i in range(3)])
+    log_in(page, site, "alice")
+    assert "rlaif_token" in {c["name"] for c in page.context.cookies()}
+    assert "0 / 3" in page.inner_text("table.rounds")
+    page.goto(site.url + "/rounds/1")
+    assert "0 / 3 this round" in page.inner_text("body")
+
+    # Enter without a choice does nothing.
+    page.focus("#rationale")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    assert site.reviews() == [] and page.url == site.url + "/rounds/1"
+    page.evaluate("document.activeElement.blur()")
+
+    expected = []  # (pair_id, shown_order, winner in a/b terms, rationale)
+    steps = [("1", None), ("2", "shorter, and it says what happens next"), ("3", None)]
+    for key, rationale in steps:
+        pair_id = page.input_value("input[name=pair_id]")
+        left, right = page.inner_text("#response-1"), page.inner_text("#response-2")
+        i, left_side = pair_index(site, left)
+        assert pair_id == f"pair{i}" and pair_index(site, right) == (i, "b" if left_side == "a" else "a")
+        assert f"Prompt {i}" == page.inner_text("#prompt-text")
+
+        page.keyboard.press(key)
+        assert page.evaluate("document.activeElement.id") == "rationale"
+        selected = page.locator("button.choice.selected")
+        assert selected.count() == 1 and selected.inner_text().startswith(f"{key}:")
+        if rationale:
+            # 's' and 'u' typed here are text, not skip/undo; Shift+Enter is a newline.
+            page.keyboard.type(rationale)
+            page.keyboard.press("Shift+Enter")
+            page.keyboard.type("second line")
+            rationale = rationale + "\nsecond line"
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        right_side = "b" if left_side == "a" else "a"
+        winner = {"1": left_side, "2": right_side, "3": "tie"}[key]
+        expected.append((pair_id, "ab" if left_side == "a" else "ba", winner, rationale))
+
+    assert "Queue done" in page.inner_text("body")
+    assert "3 / 3 this round" in page.inner_text("body")
+    assert site.round_done_calls == [1]
+    assert len({e[0] for e in expected}) == 3
+
+    with page.expect_navigation():
+        page.keyboard.press("u")
+
+    stored = sorted((r.pair_id, r.shown_order, r.winner, r.rationale) for r in site.reviews("alice"))
+    assert stored == sorted(expected[:2])
+    assert len(site.reviews()) == 2
+    # The undone pair is offered again.
+    assert page.input_value("input[name=pair_id]") == expected[2][0]
+    body = page.inner_text("body")
+    assert "2 / 3 this round" in body and "you: 2 labelled" in body
+
+    # 's' skips at once: stored as a skip, not a label.
+    with page.expect_navigation():
+        page.keyboard.press("s")
+    skipped = [r for r in site.reviews("alice") if r.pair_id == expected[2][0]]
+    assert [r.winner for r in skipped] == ["skip"]
+    assert "Queue done" in page.inner_text("body")
+
+
+def test_clicking_a_button_labels(make_site, page: Page):
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
+    log_in(page, site, "bob")
+    page.goto(site.url + "/rounds/1")
+    i, left_side = pair_index(site, page.inner_text("#response-1"))
+    with page.expect_navigation():
+        page.click("button[data-choice=right]")
+    (row,) = site.reviews("bob")
+    assert row.winner == ("b" if left_side == "a" else "a") and row.rationale is None
+
+
+# ---- 2: model text cannot run code ------------------------------------------------------------------
+def test_untrusted_text_is_shown_as_text(make_site, page: Page):
+    script = "<script>window.__pwned=1</script>"
+    img = '<img src=x onerror="window.__pwned=2">'
+    prompt = "<script>window.__pwned=3</script><b>bold?</b>\n  indented & more"
+    site = make_site([(prompt, script, img)])
+    log_in(page, site, "alice")
+    response = page.goto(site.url + "/rounds/1")
+    assert response.headers["content-security-policy"] == CSP
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+    shown = page.inner_text("body")
+    assert script in shown and img in shown
+    assert page.inner_text("#prompt-text") == prompt  # whitespace and newlines kept (pre-wrap)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("main img, main b").count() == 0
+    assert page.locator("script").count() == 1  # only /static/review.js
+
+    # An error message quoting user input is escaped too.
+    with site.client("alice") as client:
+        r = client.post("/rounds/1/label", data={"pair_id": script, "shown_order": "ab", "choice": "left"})
+    assert r.status_code == 400
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in r.text and script not in r.text
+
+
+# ---- 3: tokens decide who may do what -------------------------------------------------------------------
+def test_tokens_are_required_and_decide_the_reviewer(make_site):
+    site = make_site([(f"Prompt {i}", f"A-text {i}", f"B-text {i}") for i in range(3)])
+    with httpx.Client(base_url=site.url, follow_redirects=False, timeout=10) as anon:
+        r = anon.post("/rounds/1/label", data={"pair_id": "pair0", "shown_order": "ab", "choice": "left"})
+        assert r.status_code == 401
+        assert anon.post("/rounds/1/undo").status_code == 401
+        for path in ("/rounds/1", "/"):
+            r = anon.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/login"
+        assert anon.get("/login").status_code == 200
+        assert anon.get("/static/review.js").status_code == 200
+        assert anon.get("/static/review.css").headers["content-security-policy"] == CSP
+
+        # A wrong token, as a header, a cookie or at the login form.
+        wrong = {"Authorization": "Bearer not-a-token"}
+        assert anon.get("/rounds/1", headers=wrong).status_code == 303
+        assert anon.post("/rounds/1/undo", headers=wrong).status_code == 401
+        assert anon.post("/rounds/1/undo", headers={"Cookie": "rlaif_token=nope"}).status_code == 401
+        r = anon.post("/login", data={"token": "not-a-token"})
+        assert r.status_code == 401 and "set-cookie" not in r.headers and "not valid" in r.text
+
+        r = anon.post("/login", data={"token": site.tokens["alice"]})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"].lower()
+        assert "rlaif_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert site.reviews() == []
+
+    with site.client("alice") as alice:
+        page_html = alice.get("/rounds/1").text
+        r = alice.post("/rounds/1/label", data={"pair_id": hidden(page_html, "pair_id"),
+                                                "shown_order": hidden(page_html, "shown_order"), "choice": "left"})
+        assert r.status_code == 303
+    alice_rows = site.reviews("alice")
+    assert len(alice_rows) == 1
+
+    with site.client("bob") as bob:
+        assert bob.post("/rounds/1/undo").status_code == 303  # bob has nothing to undo ...
+        assert site.reviews("alice") == alice_rows            # ... and alice's label stays
+        page_html = bob.get("/rounds/1").text
+        bob_pair = hidden(page_html, "pair_id")
+        assert bob_pair != alice_rows[0].pair_id  # labelled pairs leave everyone's queue
+        r = bob.post("/rounds/1/label", data={"pair_id": bob_pair, "shown_order": hidden(page_html, "shown_order"),
+                                              "choice": "tie", "reviewer": "alice"})
+        assert r.status_code == 303
+        # A cookie for alice does not beat bob's header either.
+        page_html = bob.get("/rounds/1").text
+        r = bob.post("/rounds/1/label", headers={"Cookie": f"rlaif_token={site.tokens['alice']}"},
+                     data={"pair_id": hidden(page_html, "pair_id"), "shown_order": "ab", "choice": "skip"})
+        assert r.status_code == 303
+    assert site.reviews("alice") == alice_rows
+    assert sorted(r.winner for r in site.reviews("bob")) == ["skip", "tie"]
+    assert {r.pair_id for r in site.reviews("bob") if r.winner == "tie"} == {bob_pair}
+
+
+def test_unknown_round_is_a_404_page(make_site):
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
+    with site.client("alice") as alice:
+        for path in ("/rounds/7", "/rounds/abc"):
+            r = alice.get(path)
+            assert r.status_code == 404 and "No such round" in r.text
+        assert alice.post("/rounds/7/label", data={"pair_id": "pair0", "shown_order": "ab",
+                                                   "choice": "left"}).status_code == 404
+
+
+# ---- 4: SQL injection through every field --------------------------------------------------------------
+def test_sql_injection_is_inert(make_site):
+    site = make_site([(f"Prompt {i}", f"A-text {i}", f"B-text {i}") for i in range(3)])
+    before = site.count_rows()
+    assert before["reviews"] == 0 and before["reviewers"] == 2 and before["review_queue"] == 3
+
+    with site.client("alice") as alice:
+        valid = {"pair_id": "pair0", "shown_order": "ab", "choice": "left"}
+        for payload in SQL_PAYLOADS:
+            for name in ("pair_id", "shown_order", "choice"):
+                r = alice.post("/rounds/1/label", data={**valid, name: payload})
+                assert r.status_code == 400, (name, payload)
+            assert alice.get(f"/rounds/1{payload}").status_code == 404
+        for payload in SQL_PAYLOADS:  # a rationale is free text: stored verbatim
+            page_html = alice.get("/rounds/1").text
+            r = alice.post("/rounds/1/label", data={"pair_id": hidden(page_html, "pair_id"),
+                                                    "shown_order": hidden(page_html, "shown_order"),
+                                                    "choice": "tie", "rationale": payload})
+            assert r.status_code == 303
+    with httpx.Client(base_url=site.url, follow_redirects=False, timeout=10) as anon:
+        for payload in SQL_PAYLOADS:
+            r = anon.post("/login", data={"token": payload})
+            assert r.status_code == 401 and "set-cookie" not in r.headers
+            assert anon.post("/rounds/1/undo", headers={"Authorization": f"Bearer {payload}"}).status_code == 401
+            assert anon.get("/", headers={"Authorization": f"Bearer {payload}"}).status_code == 303
+
+    assert sorted(r.rationale for r in site.reviews("alice")) == sorted(SQL_PAYLOADS)
+    after = site.count_rows()
+    assert after == {**before, "reviews": 2}
