@@ -218,3 +218,24 @@ def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefe
     status = CliRunner().invoke(app, ["status", "--db", str(config.db_path())])
     assert status.exit_code == 0 and "round 1 (policy" in status.output, status.output
     assert "judge-human agreement too low" in " ".join(status.output.split()), status.output
+
+
+def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, round_config):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.round import rlaif_round
+
+    config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
+    assert rlaif_round(config=config).status == "waiting_for_review"
+    runner = CliRunner()
+    added = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.db_path())])
+    assert added.exit_code == 0 and "reviewer alice added" in added.output
+    again = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.db_path())])
+    assert again.exit_code == 2 and "already exists" in again.output
+    released = runner.invoke(app, ["review", "release", "1", "--db", str(config.db_path())])
+    assert released.exit_code == 0 and "round 1 released" in released.output, released.output
+
+    summary = rlaif_round(config=config)
+    assert summary.status == "finished" and summary.train.trained
+    assert summary.agreement.passed and summary.agreement.reason.startswith("not checked: 0 reviewed pairs")
