@@ -18,6 +18,7 @@ from judges.openai_judge import OpenAIJudgeSettings
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
+from training.stage import DataPolicy
 from training.trainer import DPOParams
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -82,8 +83,14 @@ class ReviewConfig(_Section):
     min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
 
 
-class TrainingConfig(DPOParams):
-    min_pairs: int = Field(default=4, gt=0, description="fewer trustworthy pairs than this: do not train")
+class TrainingConfig(DPOParams, DataPolicy):
+    """The trainer's hyper-parameters and the data policy, in one config section."""
+
+    def dpo_params(self) -> DPOParams:
+        return DPOParams(**self.model_dump(include=set(DPOParams.model_fields)))
+
+    def data_policy(self) -> DataPolicy:
+        return DataPolicy(**self.model_dump(include=set(DataPolicy.model_fields)))
 
 
 class EvalConfig(_Section):

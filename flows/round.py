@@ -137,7 +137,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     else:
         outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
     evaluation = None
-    if candidate is not None:
+    if candidate is not None and not outcome.collapsed:
         eval_pairs = sample_eval(store, config, rnd, candidate, tokenizer, outcome, heldout)
         evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
     promoted, decision = promote(store, config, outcome, evaluation)
@@ -337,8 +337,8 @@ def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judg
 @task(cache_policy=NO_CACHE)
 def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset):
     with progress_bar("DPO training steps") as progress:
-        return train_candidate(store, policy, tokenizer, dataset, config.training, rnd.policy_id, rnd.round_id,
-                               rnd.round_index, config.artifacts_dir(), config.training.min_pairs, rnd.seed, progress)
+        return train_candidate(store, policy, tokenizer, dataset, config.training.dpo_params(), config.training.data_policy(),
+                               rnd.policy_id, rnd.round_id, rnd.round_index, config.artifacts_dir(), rnd.seed, progress)
 
 
 @task(cache_policy=NO_CACHE)
@@ -361,6 +361,8 @@ def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: 
 @task(cache_policy=NO_CACHE)
 def promote(store: Store, config: RoundConfig, outcome: TrainOutcome, evaluation: EvalOutcome | None) -> tuple[bool, str]:
     """Promote the candidate only if it beats the current policy on held-out prompts."""
+    if outcome.collapsed:
+        return False, f"not promoted: {outcome.reason}"
     if outcome.candidate_id is None or evaluation is None:
         return False, f"no candidate: {outcome.reason}"
     bar = config.eval.min_win_rate

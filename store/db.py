@@ -204,6 +204,7 @@ class Store:
             """
             SELECT p.pair_id, pr.text AS prompt, pr.tags AS prompt_tags,
                    ca.text AS text_a, cb.text AS text_b, ca.token_ids AS ids_a, cb.token_ids AS ids_b,
+                   ca.sum_logprob AS logp_a, cb.sum_logprob AS logp_b,
                    v.status AS verdict_status, v.winner AS judge_winner, coalesce(v.consistent, false) AS consistent,
                    coalesce(v.confidence, 0.0) AS confidence, coalesce(v.rationale, '') AS rationale,
                    coalesce(v.votes_json, '{}') AS votes_json

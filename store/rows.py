@@ -235,6 +235,8 @@ class PairRecord(BaseModel):
     text_b: str
     ids_a: list[int]
     ids_b: list[int]
+    logp_a: float | None  # summed log-prob recorded when the completion was sampled
+    logp_b: float | None
     verdict_status: ParseStatus | None  # None: not judged by this judge
     judge_winner: Winner | None
     consistent: bool
@@ -252,6 +254,8 @@ class PreferenceRecord(BaseModel):
     rejected_text: str
     chosen_ids: list[int]
     rejected_ids: list[int]
+    chosen_logp: float | None = None
+    rejected_logp: float | None = None
     confidence: float
     rationale: str
     source: Literal["judge", "human"] = "judge"  # human labels override the judge

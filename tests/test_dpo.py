@@ -47,7 +47,7 @@ def test_loss_is_log2_at_init_on_tiny_model(tiny_model):
     loss = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.1).losses.mean()
     assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-6)
     # and the trainer's own first step reports the same number
-    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=4, epochs=1, lora_r=4), tokenizer.pad_token_id)
+    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=4, epochs=1, lora_r=4), tokenizer.pad_token_id).metrics
     assert metrics[0].loss == pytest.approx(math.log(2), abs=1e-6)
 
 
@@ -58,7 +58,7 @@ def test_reference_is_frozen_while_policy_moves(tiny_model):
     ref_before = reference_logps(peft_model, pairs, tokenizer.pad_token_id, batch_size=4)
     with torch.no_grad():
         policy_before = pair_logps(peft_model, pairs, tokenizer.pad_token_id)
-    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=2, epochs=3, lora_r=4, learning_rate=5e-3), tokenizer.pad_token_id)
+    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=2, epochs=3, lora_r=4, learning_rate=5e-3), tokenizer.pad_token_id).metrics
     ref_after = reference_logps(peft_model, pairs, tokenizer.pad_token_id, batch_size=4)
     with torch.no_grad():
         policy_after = pair_logps(peft_model, pairs, tokenizer.pad_token_id)
@@ -109,6 +109,6 @@ def test_loss_is_log2_at_init_on_real_smollm2(smollm2_dir):
     pairs = [PreferencePair(pair_id=k, prompt_ids=encode_chat(tokenizer, SYSTEM, requests[int(k)].user),
                             chosen_ids=v[0].token_ids, rejected_ids=v[1].token_ids) for k, v in by_key.items()]
     peft_model = add_lora(model, DPOParams(), seed=0)
-    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=2, epochs=1), tokenizer.pad_token_id)
+    metrics = train_dpo(peft_model, pairs, DPOParams(batch_size=2, epochs=1), tokenizer.pad_token_id).metrics
     assert metrics[0].loss == pytest.approx(math.log(2), abs=1e-5)
     assert metrics[0].reward_margin == pytest.approx(0.0, abs=1e-5)

@@ -1,18 +1,26 @@
-"""Direct Preference Optimization loss (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290).
+"""Direct Preference Optimization losses (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290).
 
 DPO fits the policy so that its implicit reward r(x, y) = beta * (log pi(y|x) - log ref(y|x))
-ranks the chosen completion above the rejected one under a Bradley-Terry model:
+ranks the chosen completion above the rejected one. With the margin
 
-    loss = -log sigmoid(beta * ((logp_pi(c) - logp_ref(c)) - (logp_pi(r) - logp_ref(r))))
+    h = (logp_pi(c) - logp_ref(c)) - (logp_pi(r) - logp_ref(r))
+
+the variants are (as in TRL, so the two can be compared number for number):
+
+    sigmoid  -log sigmoid(beta h)                   Bradley-Terry, the DPO paper; with label
+             smoothing e (conservative DPO): -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)
+    hinge    max(0, 1 - beta h)                      SLiC
+    ipo      (h - 1 / (2 beta))^2                     IPO (Azar et al. 2023); its log-probs are
+             averaged over completion tokens instead of summed, as in the paper and TRL
 
 The loss takes log-prob tensors, not models: it does not care whether the reference log-probs were
 recomputed by a forward pass or recorded when the completions were sampled. At initialisation the
-policy equals the reference, both log-ratios are 0 and the loss is log 2 = 0.6931 whatever the data.
+policy equals the reference, h = 0, and the sigmoid loss is log 2 = 0.6931 whatever the data.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +32,28 @@ class DPOLossOutput(NamedTuple):
     rejected_rewards: torch.Tensor  # (B,) beta * (logp_pi(r) - logp_ref(r)), detached
 
 
+LossType = Literal["sigmoid", "ipo", "hinge"]
+
+
 def dpo_loss(
-    policy_chosen_logps: torch.Tensor,     # (B,) summed log-probs of chosen completion tokens under the policy
+    policy_chosen_logps: torch.Tensor,     # (B,) log-probs of chosen completion tokens under the policy
     policy_rejected_logps: torch.Tensor,   # (B,)
     reference_chosen_logps: torch.Tensor,  # (B,) the same under the frozen reference
     reference_rejected_logps: torch.Tensor,  # (B,)
     beta: float = 0.1,
+    loss_type: LossType = "sigmoid",
+    label_smoothing: float = 0.0,
 ) -> DPOLossOutput:
+    """Per-pair losses; for ipo pass token-averaged log-probs (see the module docstring)."""
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    margin = chosen_logratios - rejected_logratios                      # (B,) h
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * margin) * (1 - label_smoothing) - F.logsigmoid(-beta * margin) * label_smoothing
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * margin)
+    elif loss_type == "ipo":
+        losses = (margin - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss type {loss_type!r}")
     return DPOLossOutput(losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach())

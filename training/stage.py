@@ -6,24 +6,35 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from typing import Literal
+
 from peft import PeftModel
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lm.loading import encode_chat
 from store.db import Store
 from store.ids import stable_id
 from store.rows import ModelRow, PairRecord, PreferenceRecord, TrainMetricRow, TrainRunRow
+from training.audit import AuditedPair, ConfoundAudit, audit, balance_length
 from training.trainer import DPOParams, PreferencePair, StepMetrics, add_lora, num_steps, train_dpo
 
 
-class LengthAudit(BaseModel):
-    """Is 'chosen' systematically longer? DPO would learn length instead of quality."""
+class DataPolicy(BaseModel):
+    """What the data must look like before anything trains."""
 
-    n_pairs: int
-    chosen_longer_share: float
-    mean_chosen_tokens: float
-    mean_rejected_tokens: float
+    model_config = ConfigDict(extra="forbid")
+    min_pairs: int = Field(default=4, gt=0, description="fewer trustworthy pairs than this: do not train")
+    confounds: Literal["balance", "refuse", "off"] = Field(
+        default="balance", description="chosen-longer share outside length_band: drop pairs to fit, refuse, or only record")
+    length_band: tuple[float, float] = Field(default=(0.4, 0.6), description="allowed share of pairs where chosen is longer")
+
+    @model_validator(mode="after")
+    def _band(self) -> DataPolicy:
+        low, high = self.length_band
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"length_band {list(self.length_band)}: need 0 <= low <= high <= 1")
+        return self
 
 
 class TrainOutcome(BaseModel):
@@ -34,12 +45,16 @@ class TrainOutcome(BaseModel):
     n_pairs: int = 0
     first_loss: float | None = None
     last_loss: float | None = None
+    audit: ConfoundAudit | None = None          # the trustworthy pairs as selected
+    audit_trained: ConfoundAudit | None = None  # after balancing: what was trained on
+    reference: str | None = None                # where the reference log-probs came from, and why
+    collapsed: bool = False                     # stopped by the collapse guard: never promote
 
 
 def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) -> list[PreferenceRecord]:
     """The trustworthy preferences: a human label where one exists (a human tie drops the pair),
     else a valid judge verdict whose two orders agree on a winner."""
-    selected = []
+    selected, seen = [], set()
     for r in records:
         if r.pair_id in human:
             winner, source = human[r.pair_id], "human"
@@ -49,86 +64,110 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
             continue
         if winner not in ("a", "b"):
             continue
-        chosen, rejected = ((r.text_a, r.ids_a), (r.text_b, r.ids_b)) if winner == "a" else ((r.text_b, r.ids_b), (r.text_a, r.ids_a))
+        a, b = (r.text_a, r.ids_a, r.logp_a), (r.text_b, r.ids_b, r.logp_b)
+        chosen, rejected = (a, b) if winner == "a" else (b, a)
+        if (r.prompt, chosen[0], rejected[0]) in seen:  # the same preference twice would count double
+            continue
+        seen.add((r.prompt, chosen[0], rejected[0]))
         selected.append(PreferenceRecord(pair_id=r.pair_id, prompt=r.prompt, chosen_text=chosen[0], rejected_text=rejected[0],
-                                         chosen_ids=chosen[1], rejected_ids=rejected[1], source=source,
+                                         chosen_ids=chosen[1], rejected_ids=rejected[1], chosen_logp=chosen[2],
+                                         rejected_logp=rejected[2], source=source,
                                          confidence=1.0 if source == "human" else r.confidence,
                                          rationale="human review" if source == "human" else r.rationale))
     return selected
 
 
-def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> list[PreferencePair]:
-    """Tokenise prompts exactly as sampling did; completions keep the sampled token ids."""
+def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase,
+                           system_prompt: str) -> list[AuditedPair]:
+    """Tokenise prompts exactly as sampling did; completions keep the sampled token ids and log-probs."""
     return [
-        PreferencePair(pair_id=r.pair_id, prompt_ids=encode_chat(tokenizer, system_prompt, r.prompt),
-                       chosen_ids=r.chosen_ids, rejected_ids=r.rejected_ids)
+        AuditedPair(pair=PreferencePair(pair_id=r.pair_id, prompt_ids=encode_chat(tokenizer, system_prompt, r.prompt),
+                                        chosen_ids=r.chosen_ids, rejected_ids=r.rejected_ids,
+                                        chosen_sampled_logp=r.chosen_logp, rejected_sampled_logp=r.rejected_logp),
+                    chosen_text=r.chosen_text, rejected_text=r.rejected_text)
         for r in records
     ]
-
-
-def audit_length(pairs: Sequence[PreferencePair]) -> LengthAudit:
-    n = len(pairs)
-    if n == 0:
-        return LengthAudit(n_pairs=0, chosen_longer_share=0.0, mean_chosen_tokens=0.0, mean_rejected_tokens=0.0)
-    return LengthAudit(
-        n_pairs=n,
-        chosen_longer_share=sum(len(p.chosen_ids) > len(p.rejected_ids) for p in pairs) / n,
-        mean_chosen_tokens=sum(len(p.chosen_ids) for p in pairs) / n,
-        mean_rejected_tokens=sum(len(p.rejected_ids) for p in pairs) / n,
-    )
 
 
 def data_hash(pairs: Sequence[PreferencePair]) -> str:
     return stable_id("dpo-data", [(p.pair_id, p.chosen_ids, p.rejected_ids) for p in pairs])
 
 
+def prepare_data(audited: Sequence[AuditedPair], data: DataPolicy) -> tuple[list[AuditedPair], TrainOutcome | None]:
+    """Audit the trustworthy pairs and apply the data policy: (pairs to train, or a refusal)."""
+    before = audit(audited)
+    if len(audited) < data.min_pairs:
+        return [], TrainOutcome(trained=False, n_pairs=len(audited), audit=before,
+                                reason=f"only {len(audited)} trustworthy pairs (< min_pairs {data.min_pairs}): not training")
+    low, high = data.length_band
+    share = before.chosen_longer_share
+    if data.confounds == "off" or share is None or low <= share <= high:
+        return list(audited), None
+    out_of_band = (f"chosen is longer in {share:.0%} of the pairs that differ in length (band {low:.0%}-{high:.0%}, "
+                   f"mean log length ratio {before.mean_log_length_ratio:+.2f})")
+    if data.confounds == "refuse":
+        return [], TrainOutcome(trained=False, n_pairs=len(audited), audit=before,
+                                reason=f"length confound: {out_of_band}: not training (training.confounds is refuse)")
+    kept = balance_length(audited, low, high)
+    if len(kept) < data.min_pairs:
+        return [], TrainOutcome(trained=False, n_pairs=len(kept), audit=before, audit_trained=audit(kept),
+                                reason=f"length confound: {out_of_band}; balancing leaves {len(kept)} pairs "
+                                       f"(< min_pairs {data.min_pairs}): not training")
+    return kept, None
+
+
 def train_candidate(
     store: Store,
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[PreferencePair],
+    audited: Sequence[AuditedPair],
     params: DPOParams,
+    data: DataPolicy,
     parent_id: str,
     round_id: str,
     round_index: int,
     artifacts_dir: Path,
-    min_pairs: int,
     seed: int,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> tuple[TrainOutcome, PeftModel | None]:
-    """Train a LoRA adapter on `policy` (if there is enough trustworthy data) and record it.
+    """Audit, then train a LoRA adapter on `policy` (if the data allows it) and record it.
 
     Returns the outcome and the policy wrapped with the candidate adapter (None if not trained).
-    A candidate already trained by an earlier run of this round is loaded, not retrained.
+    A candidate already trained by an earlier run of this round is loaded, not retrained; a run
+    that crashed mid-training resumes from its last checkpoint.
     """
-    if len(pairs) < min_pairs:
-        return TrainOutcome(trained=False, n_pairs=len(pairs),
-                            reason=f"only {len(pairs)} trustworthy pairs (< min_pairs {min_pairs}): not training"), None
-    audit = audit_length(pairs)
+    kept, refusal = prepare_data(audited, data)
+    if refusal is not None:
+        return refusal, None
+    before, after = audit(audited), audit(kept)
+    pairs = [a.pair for a in kept]
     dhash = data_hash(pairs)
     config = {**params.model_dump(), "seed": seed}
     run_id = stable_id("train-run", round_id, parent_id, dhash, config)
     candidate_id = stable_id("adapter", parent_id, dhash, config)
     adapter_dir = artifacts_dir / "adapters" / candidate_id
+    balanced = f" (of {len(audited)}, length-balanced)" if len(kept) < len(audited) else ""
 
     if (adapter_dir / "adapter_config.json").is_file() and store.by_ids(ModelRow, [candidate_id]):
         model = PeftModel.from_pretrained(policy, adapter_dir)
         metrics = store.train_metrics(run_id)
+        (run,) = store.by_ids(TrainRunRow, [run_id]).values()
         return TrainOutcome(trained=True, reason="candidate already trained in an earlier run of this round",
-                            run_id=run_id, candidate_id=candidate_id, n_pairs=len(pairs),
-                            first_loss=metrics[0].loss if metrics else None,
-                            last_loss=metrics[-1].loss if metrics else None), model
+                            run_id=run_id, candidate_id=candidate_id, n_pairs=len(pairs), audit=before, audit_trained=after,
+                            first_loss=metrics[0].loss if metrics else None, last_loss=metrics[-1].loss if metrics else None,
+                            reference=run.audit_json.get("reference"), collapsed=run.audit_json.get("collapsed", False)), model
 
     model = add_lora(policy, params, seed)
     total = num_steps(len(pairs), params)
     progress(0, total)
-    metric_rows: list[StepMetrics] = []
 
-    def on_step(m: StepMetrics) -> None:
-        metric_rows.append(m)
+    def on_step(m: StepMetrics) -> None:  # stored at once: a crashed run keeps the steps it finished
+        store.append([TrainMetricRow(run_id=run_id, **m.model_dump())])
         progress(m.step + 1, total)
 
-    train_dpo(model, pairs, params, tokenizer.pad_token_id, seed, on_step)
+    checkpoints = artifacts_dir / "checkpoints" / run_id
+    result = train_dpo(model, pairs, params, tokenizer.pad_token_id, seed, on_step, checkpoint_dir=checkpoints)
+    metric_rows = store.train_metrics(run_id)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the final directory and rename: a crash never leaves a half-written adapter.
     staging = adapter_dir.with_name(adapter_dir.name + ".partial")
@@ -137,11 +176,19 @@ def train_candidate(
         shutil.rmtree(adapter_dir)
     staging.rename(adapter_dir)
 
+    reference = f"{result.reference.source}: {result.reference.why}"
+    run_audit = {"selected": before.model_dump(), "trained": after.model_dump(), "reference": reference,
+                 "collapsed": result.collapsed}
     store.append([TrainRunRow(run_id=run_id, round_id=round_id, parent_model_id=parent_id, candidate_id=candidate_id,
-                              data_hash=dhash, n_pairs=len(pairs), audit_json=audit.model_dump(), config_json=config)])
-    store.append([TrainMetricRow(run_id=run_id, **m.model_dump()) for m in metric_rows])
+                              data_hash=dhash, n_pairs=len(pairs), audit_json=run_audit, config_json=config)])
     store.append([ModelRow(model_id=candidate_id, parent_id=parent_id, kind="adapter", path=str(adapter_dir),
-                           created_round=round_index, promoted=False, promotion_reason="not evaluated yet",
+                           created_round=round_index, promoted=False,
+                           promotion_reason="collapsed in training: never promoted" if result.collapsed else "not evaluated yet",
                            data_hash=dhash, config_json=config)])
-    return TrainOutcome(trained=True, reason=f"trained on {len(pairs)} pairs", run_id=run_id, candidate_id=candidate_id,
-                        n_pairs=len(pairs), first_loss=metric_rows[0].loss, last_loss=metric_rows[-1].loss), model
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    reason = f"trained on {len(pairs)} pairs{balanced}"
+    if result.collapsed:
+        reason = f"training stopped at step {metric_rows[-1].step}: both rewards fell below -{params.collapse_reward:g} (collapse)"
+    return TrainOutcome(trained=True, reason=reason, run_id=run_id, candidate_id=candidate_id, n_pairs=len(pairs),
+                        first_loss=metric_rows[0].loss, last_loss=metric_rows[-1].loss, audit=before, audit_trained=after,
+                        reference=reference, collapsed=result.collapsed), model
