@@ -244,6 +244,32 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
     _guard(show)()
 
 
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="output file: .jsonl or .parquet"),
+    round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
+    db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file"),
+) -> None:
+    """Write a round's DPO dataset (trustworthy pairs, human labels applied) in TRL's prompt/chosen/rejected format."""
+    from training.export import trl_rows, write_rows
+    from training.stage import round_preferences
+
+    def run() -> None:
+        if out.suffix not in (".jsonl", ".parquet"):
+            raise ConfigError(f"{out}: use a .jsonl or .parquet file name")
+        with Store(db, read_only=True) as store:
+            rnd = _round_or_latest(store, round_index)
+            judge_id = (rnd.summary_json or {}).get("judge_id")
+            if judge_id is None:
+                raise StoreError(f"round {rnd.round_index} has no finished judging to export (status {rnd.status})")
+            records = round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash)
+            system_prompt = rnd.config_json["policy"]["system_prompt"]
+        write_rows(trl_rows(records, system_prompt, rnd.round_index), out)
+        humans = sum(r.source == "human" for r in records)
+        console.print(f"wrote {len(records)} pairs of round {rnd.round_index} to {escape(str(out))} ({humans} human-labelled)")
+    _guard(run)()
+
+
 review_app = typer.Typer(no_args_is_help=True, help="Human spot-check review: reviewers, the review page, the gate.")
 app.add_typer(review_app, name="review")
 

@@ -44,7 +44,7 @@ from sampling.vllm_server import VLLMServerSampler
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
-from training.stage import TrainOutcome, build_preference_pairs, select_preferences, train_candidate
+from training.stage import TrainOutcome, build_preference_pairs, earlier_preferences, select_preferences, train_candidate
 
 EMBEDDED_PATH = f"embedded:{EMBEDDED_MODEL_NAME}"
 
@@ -132,7 +132,8 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     labels = human_labels(store.reviews_of_round(rnd.round_id))
     agreement = judge_human_agreement(store, config, rnd, judge.judge_id, constitution, candidates, labels)
     if agreement.passed:
-        dataset = build_preference_pairs(select_preferences(candidates, labels), tokenizer, config.policy.system_prompt)
+        records = select_preferences(candidates, labels) + earlier_preferences(store, rnd.round_index, config.training.mix_rounds)
+        dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
         outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
     else:
         outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None

@@ -9,7 +9,7 @@ import torch
 
 from flows.config import RoundConfig
 from store.db import Store
-from store.rows import CompletionRow, PromptRow
+from store.rows import CompletionRow, PromptRow, TrainRunRow
 from training.stage import select_preferences
 
 # Check principles decide deterministically (and identically in both orders), so some pairs of the
@@ -76,9 +76,16 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         assert store.count_rows() == counts
     assert again.candidate_id == summary.candidate_id and again.eval == summary.eval
 
-    # the next round samples from the promoted candidate
-    second = rlaif_round(config=round_config)
+    # the next round samples from the promoted candidate, and mixes in round 1's pairs (recorded)
+    mixing = round_config.model_copy(update={"training": round_config.training.model_copy(update={"mix_rounds": 1})})
+    second = rlaif_round(config=mixing)
     assert second.round_index == 2 and second.policy_id == summary.candidate_id
+    with Store(round_config.db_path(), read_only=True) as store:
+        (run,) = [r for r in store.by_ids(TrainRunRow, [second.train.run_id]).values()]
+        assert run.config_json["mix_rounds"] == 1
+        assert run.n_pairs >= summary.train.n_pairs  # round 1's trustworthy pairs are in round 2's data
+        # older policies sampled round 1's pairs: their log-probs are not this reference, so it was recomputed
+        assert run.audit_json["reference"].startswith("forward")
 
 
 def test_round_without_enough_trustworthy_pairs_does_not_train(prefect_harness, round_config):
@@ -239,3 +246,20 @@ def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, rou
     summary = rlaif_round(config=config)
     assert summary.status == "finished" and summary.train.trained
     assert summary.agreement.passed and summary.agreement.reason.startswith("not checked: 0 reviewed pairs")
+
+    # the round's DPO dataset, exported in TRL's conversational format
+    import json
+
+    import pyarrow.parquet as pq
+
+    for name in ("dpo.jsonl", "dpo.parquet"):
+        exported = runner.invoke(app, ["export", str(config.db_path().parent / name), "--db", str(config.db_path())])
+        assert exported.exit_code == 0 and f"wrote {summary.train.audit.n_pairs} pairs of round 1" in exported.output, exported.output
+    rows = [json.loads(line) for line in (config.db_path().parent / "dpo.jsonl").read_text().splitlines()]
+    assert rows == pq.read_table(config.db_path().parent / "dpo.parquet").to_pylist()
+    assert len(rows) == summary.train.audit.n_pairs and {r["source"] for r in rows} == {"judge"}  # before length balancing
+    first = rows[0]
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["prompt"][0]["content"] == config.policy.system_prompt
+    assert [m["role"] for m in first["chosen"]] == [m["role"] for m in first["rejected"]] == ["assistant"]
+    bad = runner.invoke(app, ["export", str(config.db_path().parent / "dpo.csv"), "--db", str(config.db_path())])
+    assert bad.exit_code == 2 and "use a .jsonl or .parquet" in bad.output

@@ -28,6 +28,7 @@ class DataPolicy(BaseModel):
     confounds: Literal["balance", "refuse", "off"] = Field(
         default="balance", description="chosen-longer share outside length_band: drop pairs to fit, refuse, or only record")
     length_band: tuple[float, float] = Field(default=(0.4, 0.6), description="allowed share of pairs where chosen is longer")
+    mix_rounds: int = Field(default=0, ge=0, description="also train on the trustworthy pairs of this many earlier rounds")
 
     @model_validator(mode="after")
     def _band(self) -> DataPolicy:
@@ -75,6 +76,29 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
                                          confidence=1.0 if source == "human" else r.confidence,
                                          rationale="human review" if source == "human" else r.rationale))
     return selected
+
+
+def round_preferences(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
+    """A round's trustworthy preferences, with its human reviews applied."""
+    from review.agreement import human_labels
+
+    candidates = store.training_candidates(round_id, judge_id, constitution_hash)
+    return select_preferences(candidates, human_labels(store.reviews_of_round(round_id)))
+
+
+def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[PreferenceRecord]:
+    """Trustworthy preferences of the `n_rounds` finished rounds before `round_index` (recorded by pair id).
+
+    Their completions were sampled by older policies, so their recorded log-probs are not this
+    round's reference: they are dropped, and the trainer recomputes the reference.
+    """
+    finished = [r for r in store.rounds() if r.round_index < round_index and r.status == "finished"
+                and (r.summary_json or {}).get("judge_id")]
+    records = []
+    for rnd in finished[len(finished) - n_rounds:] if n_rounds else []:
+        for r in round_preferences(store, rnd.round_id, rnd.summary_json["judge_id"], rnd.constitution_hash):
+            records.append(r.model_copy(update={"chosen_logp": None, "rejected_logp": None}))
+    return records
 
 
 def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase,
@@ -142,7 +166,7 @@ def train_candidate(
     before, after = audit(audited), audit(kept)
     pairs = [a.pair for a in kept]
     dhash = data_hash(pairs)
-    config = {**params.model_dump(), "seed": seed}
+    config = {**params.model_dump(), **data.model_dump(), "seed": seed}
     run_id = stable_id("train-run", round_id, parent_id, dhash, config)
     candidate_id = stable_id("adapter", parent_id, dhash, config)
     adapter_dir = artifacts_dir / "adapters" / candidate_id
