@@ -119,14 +119,13 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         train_pairs = select_max_min_pairs(store, rnd, comparisons, verdicts)
         verdicts |= judge_round(store, judge, constitution, train_pairs)  # judge cache hits: no new calls
     queued = route_for_review(store, config, rnd, train_pairs, prompts, verdicts)
+    so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
+                  sampling_backend=backend, threads=threads, pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
+                  position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued)
     waiting = review_gate(store, config, rnd)
     if waiting is not None:
-        return RoundSummary(
-            round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
-            sampling_backend=backend, threads=threads, pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
-            position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
-            train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None, promoted=False,
-            decision=waiting, status="waiting_for_review")
+        return RoundSummary(**so_far, train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None,
+                            promoted=False, decision=waiting, status="waiting_for_review")
 
     candidates = store.training_candidates(rnd.round_id, judge.judge_id, constitution.content_hash)
     labels = human_labels(store.reviews_of_round(rnd.round_id))
@@ -143,13 +142,8 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
     promoted, decision = promote(store, config, outcome, evaluation)
 
-    return RoundSummary(
-        round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
-        sampling_backend=backend, threads=threads,
-        pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
-        position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued,
-        agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id, promoted=promoted, decision=decision,
-    )
+    return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
+                        promoted=promoted, decision=decision)
 
 
 # ---- round bookkeeping --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lm.loading import encode_chat
+from review.agreement import human_labels
 from store.db import Store
 from store.ids import stable_id
 from store.rows import ModelRow, PairRecord, PreferenceRecord, TrainMetricRow, TrainRunRow
@@ -80,8 +81,6 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
 
 def round_preferences(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
     """A round's trustworthy preferences, with its human reviews applied."""
-    from review.agreement import human_labels
-
     candidates = store.training_candidates(round_id, judge_id, constitution_hash)
     return select_preferences(candidates, human_labels(store.reviews_of_round(round_id)))
 
