@@ -12,9 +12,12 @@ Each side keeps its own defaults that matter for speed: ours groups batches by l
 the reference log-probs recorded at sampling (after a 4-pair forward check) instead of a reference
 forward; TRL samples batches at random and runs the reference forward (adapter disabled) in every
 step. Tokens/s counts non-padding tokens (prompt twice + chosen + rejected per pair) over the steps
-after the first (warm-up) one.
+after the first (warm-up) one; the whole train call (setup, reference check or forward, warm-up step
+included) is printed too. `--ours-reference forward` makes ours compute its reference log-probs by
+a forward pass, once for all pairs before the first step: compare the whole-call numbers then.
 
     .venv/bin/python benchmarks/dpo.py [--pairs 16] [--batch-size 4] [--steps 6] [--max-new-tokens 100] [--threads N]
+                                       [--ours-reference auto|forward]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps, after one warm-up step")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    parser.add_argument("--ours-reference", choices=["auto", "forward"], default="auto",
+                        help="forward: make our trainer recompute the reference too (as TRL does), for comparison")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -72,7 +77,8 @@ def main() -> None:
         data.write_text(json.dumps(pairs))
         for name in ("ours", "trl"):
             command = [sys.executable, __file__, "--child", name, "--data", str(data), "--batch-size", str(args.batch_size),
-                       "--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
+                       "--steps", str(args.steps), "--ours-reference", args.ours_reference]
+            command += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(command, capture_output=True, text=True)
             line = next((x for x in out.stdout.splitlines() if x.startswith("CHILD ")), None)
             if out.returncode != 0 or line is None:
@@ -82,7 +88,8 @@ def main() -> None:
     for name, label in (("ours", "ours"), ("trl", "TRL DPOTrainer")):
         r = results[name]
         print(f"{label:15s} {r['tokens_per_s']:7.1f} tokens/s ({r['timed_tokens']} tokens in {r['timed_s']:.1f} s; "
-              f"whole train call {r['total_s']:.1f} s)  peak RSS {r['peak_rss_mb']:.0f} MB  threads {r['threads']}  "
+              f"whole train call {r['total_s']:.1f} s, {r['total_tokens_per_s']:.1f} tokens/s)  "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB  threads {r['threads']}  "
               f"reference: {r['reference']}")
     ratio = results["ours"]["tokens_per_s"] / results["trl"]["tokens_per_s"]
     print(f"RESULT dpo_ours_vs_trl {ratio:.2f}")
@@ -133,6 +140,7 @@ def train_ours(args) -> dict:
     total_steps = args.steps + 1
     # Our defaults otherwise: group_by_length, shuffle, reference "auto" (recorded log-probs if the check agrees).
     params = DPOParams(batch_size=args.batch_size, max_steps=total_steps, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
+                       reference=args.ours_reference,
                        epochs=math.ceil(total_steps / math.ceil(len(pairs) / args.batch_size)))
     model = add_lora(load_model(checkpoint), params, seed=0)
     step_ends: list[float] = []
@@ -141,8 +149,10 @@ def train_ours(args) -> dict:
     total = time.perf_counter() - started
     steps = plan_steps(pairs, params, seed=0)  # the batches train_dpo took (fixed up front by the seed)
     timed_tokens = sum(pair_tokens(raw[i]) for batch in steps[1:] for i in batch)
+    all_tokens = sum(pair_tokens(raw[i]) for batch in steps for i in batch)
     timed = step_ends[-1] - step_ends[0]
     return {"tokens_per_s": timed_tokens / timed, "timed_tokens": timed_tokens, "timed_s": timed, "total_s": total,
+            "total_tokens_per_s": all_tokens / total,
             "threads": threads, "steps": len(result.metrics),
             "reference": f"{result.reference.source} ({result.reference.why})"}
 
@@ -191,6 +201,7 @@ def train_trl(args) -> dict:
     timed_tokens = clock.num_tokens[-1] - clock.num_tokens[0]
     timed = clock.step_ends[-1] - clock.step_ends[0]
     return {"tokens_per_s": timed_tokens / timed, "timed_tokens": timed_tokens, "timed_s": timed, "total_s": total,
+            "total_tokens_per_s": clock.num_tokens[-1] / total,
             "threads": threads, "steps": len(clock.step_ends), "reference": "forward (adapter disabled) in every step"}
 
 

@@ -113,13 +113,7 @@ def test_loss_grad_norm_and_lr_match_trl_step_by_step(loss_type, tiny_model_dir,
     assert ours[-1].loss < ours[0].loss - 100 * TOL  # the comparison is not of two untrained models
 
 
-@pytest.mark.parametrize("loss_type", [
-    "sigmoid",
-    pytest.param("ipo", marks=pytest.mark.xfail(strict=True, reason=(
-        "for ipo our StepMetrics rewards are beta * per-token-average log-ratios (train_dpo divides the log-probs by "
-        "the completion length before dpo_loss, which also returns the rewards); TRL logs beta * summed log-ratios "
-        "for every loss type, averaging only inside the ipo loss"))),
-])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_rewards_match_trl_step_by_step(loss_type, tiny_model_dir, tmp_path_factory):
     r = runs(loss_type, tiny_model_dir, tmp_path_factory)
     ours, trl = r["ours"], r["trl"]

@@ -245,11 +245,14 @@ def train_dpo(
                 if ipo:  # IPO compares token-averaged log-probs
                     pc, rc = pc / chosen_len[idx], rc / chosen_len[idx]
                     pr, rr = pr / rejected_len[idx], rr / rejected_len[idx]
-                out = dpo_loss(pc, pr, rc, rr, params.beta, params.loss_type, params.label_smoothing)
-                accelerator.backward(out.losses.sum() * world / len(batch))   # DDP averages: mean over the step
-            sums += torch.tensor([float(out.losses.detach().sum()), float(out.chosen_rewards.sum()),
-                                  float(out.rejected_rewards.sum()), float((out.chosen_rewards > out.rejected_rewards).sum()),
-                                  len(rows), sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in rows)])
+                losses = dpo_loss(pc, pr, rc, rr, params.beta, params.loss_type, params.label_smoothing).losses
+                accelerator.backward(losses.sum() * world / len(batch))   # DDP averages: mean over the step
+            # Rewards are logged from summed log-ratios for every loss type (as TRL does), so runs compare.
+            chosen_rewards = params.beta * (policy_chosen.detach() - ref_chosen[idx])      # (b,)
+            rejected_rewards = params.beta * (policy_rejected.detach() - ref_rejected[idx])  # (b,)
+            sums += torch.tensor([float(losses.detach().sum()), float(chosen_rewards.sum()), float(rejected_rewards.sum()),
+                                  float((chosen_rewards > rejected_rewards).sum()), len(rows),
+                                  sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in rows)])
         grad_norm = accelerator.clip_grad_norm_(trainable, params.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
