@@ -38,7 +38,8 @@ def test_human_label_is_the_majority_and_a_split_is_a_tie():
 
 
 def record(pair_id: str, winner: str | None, consistent: bool = True, votes: dict | None = None, tags=("billing",)) -> PairRecord:
-    return PairRecord(pair_id=pair_id, prompt="q", prompt_tags=list(tags), text_a="A", text_b="B", ids_a=[1], ids_b=[2],
+    return PairRecord(pair_id=pair_id, prompt="q", prompt_tags=list(tags), text_a=f"A-{pair_id}", text_b=f"B-{pair_id}",
+                      ids_a=[1], ids_b=[2], logp_a=-1.0, logp_b=-2.0,
                       verdict_status="ok" if winner else None, judge_winner=winner, consistent=consistent,
                       confidence=0.9, rationale="judge says", votes_json=votes or {})
 
@@ -47,9 +48,12 @@ def test_human_labels_override_the_judge_and_a_human_tie_drops_the_pair():
     records = [record("p1", "a"), record("p2", "a"), record("p3", "a"), record("p4", "b", consistent=False), record("p5", "b", consistent=False)]
     chosen = {r.pair_id: r for r in select_preferences(records, {"p2": "b", "p3": "tie", "p5": "a"})}
     assert set(chosen) == {"p1", "p2", "p5"}                      # p3: human tie; p4: judge orders disagree, no human
-    assert (chosen["p1"].chosen_text, chosen["p1"].source) == ("A", "judge")
-    assert (chosen["p2"].chosen_text, chosen["p2"].source) == ("B", "human")   # the human wins over the judge
-    assert (chosen["p5"].chosen_text, chosen["p5"].source) == ("A", "human")   # a human label rescues an untrusted pair
+    assert (chosen["p1"].chosen_text, chosen["p1"].source) == ("A-p1", "judge")
+    assert (chosen["p2"].chosen_text, chosen["p2"].source) == ("B-p2", "human")   # the human wins over the judge
+    assert (chosen["p5"].chosen_text, chosen["p5"].source) == ("A-p5", "human")   # a human label rescues an untrusted pair
+    assert (chosen["p5"].chosen_logp, chosen["p5"].rejected_logp) == (-1.0, -2.0)  # sampled log-probs follow the sides
+    twice = select_preferences([record("p1", "a"), record("p1", "a").model_copy(update={"pair_id": "p9"})], {})
+    assert [r.pair_id for r in twice] == ["p1"]  # the same preference twice counts once
 
 
 def test_agreement_overall_per_principle_per_tag_and_the_gate():
