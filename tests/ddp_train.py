@@ -27,3 +27,8 @@ result = train_dpo(model, pairs, params, tokenizer.pad_token_id, seed=0)
 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 if int(os.environ.get("RANK", "0")) == 0:
     out.write_text(json.dumps({"world": world, "metrics": [m.model_dump() for m in result.metrics]}))
+if torch.distributed.is_initialized():
+    # Leaving gloo's threads to interpreter shutdown can abort the process ("terminate called
+    # without an active exception"); the launcher owns the process group, so it closes it.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
