@@ -226,11 +226,12 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
             for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
                 console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
                               highlight=False, soft_wrap=True)
-            if rounds and store.agreement(rounds[-1].round_id):
+            latest = store.agreement(rounds[-1].round_id) if rounds else []
+            if latest:
                 detail = Table(title=f"judge-human agreement, round {rounds[-1].round_index}")
                 for col in ("scope", "subject", "n", "accuracy", "kappa"):
                     detail.add_column(col)
-                for a in store.agreement(rounds[-1].round_id):
+                for a in latest:
                     detail.add_row(a.scope, a.subject or "all", str(a.n), _pct(a.accuracy), "-" if a.kappa is None else f"{a.kappa:.2f}")
                 console.print(detail)
             counts = Table(title="rows per table")

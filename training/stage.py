@@ -161,7 +161,8 @@ def train_candidate(
     kept, refusal = prepare_data(audited, data)
     if refusal is not None:
         return refusal, None
-    before, after = audit(audited), audit(kept)
+    before = audit(audited)
+    after = before if len(kept) == len(audited) else audit(kept)  # unbalanced data: the same audit
     pairs = [a.pair for a in kept]
     dhash = data_hash(pairs)
     config = {**params.model_dump(), **data.model_dump(), "seed": seed}
