@@ -1,4 +1,4 @@
-"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, review ..."""
+"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, train, export, review ..."""
 
 from __future__ import annotations
 
@@ -243,6 +243,34 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
             policy = store.current_policy()
             console.print(f"current policy: {policy.model_id if policy else '-'} ({policy.kind if policy else ''})")
     _guard(show)()
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="round config YAML"),
+    round_index: int = typer.Option(..., "--round", help="the round whose judged pairs to train on"),
+    judge_id: Optional[str] = typer.Option(None, "--judge-id", help="whose verdicts (needed only if several judges judged the round)"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Train a judged round's candidate adapter; run it under `accelerate launch` for several GPUs.
+
+    A later `rlaif round` finds the candidate, evaluates it and decides on promotion.
+    """
+    def run() -> None:
+        from flows.train import TrainRefused, train_round
+
+        cfg = _prepare(load_config(config), db)
+        try:
+            outcome = train_round(cfg, round_index, judge_id)
+        except TrainRefused as exc:
+            if int(os.environ.get("RANK", "0")) == 0:
+                _fail(f"round {round_index}: not training: {exc}", 1)
+            raise typer.Exit(1) from None
+        if outcome is not None:  # the main process reports
+            num = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+            console.print(f"round {round_index}: {outcome.reason}; candidate {outcome.candidate_id} "
+                          f"(loss {num(outcome.first_loss)} -> {num(outcome.last_loss)}; reference: {outcome.reference})")
+    _guard(run)()
 
 
 @app.command()

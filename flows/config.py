@@ -86,8 +86,11 @@ class ReviewConfig(_Section):
 class TrainingConfig(DPOParams, DataPolicy):
     """The trainer's hyper-parameters and the data policy, in one config section."""
 
+    processes: int = Field(default=1, gt=0, description="> 1: the round runs `rlaif train` under `accelerate launch` "
+                                                           "on this many processes (GPUs; gloo on CPU)")
+
     def dpo_params(self) -> DPOParams:
-        return DPOParams(**self.model_dump(include=set(DPOParams.model_fields)))
+        return DPOParams(**self.model_dump(include=set(DPOParams.model_fields)))  # `processes` changes no result
 
     def data_policy(self) -> DataPolicy:
         return DataPolicy(**self.model_dump(include=set(DataPolicy.model_fields)))

@@ -31,7 +31,8 @@ from judges.local_logprob import LocalLogprobJudge
 from judges.openai_judge import OpenAIJudge
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
-from lm.embedded import EMBEDDED_MODEL_NAME
+from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
+from flows.train import launch_training
 from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
 from prompts.loader import Prompt, load_prompts
 from review.agreement import AgreementCheck, check_agreement, human_labels, measure_agreement
@@ -45,8 +46,6 @@ from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
 from training.stage import TrainOutcome, build_preference_pairs, earlier_preferences, select_preferences, train_candidate
-
-EMBEDDED_PATH = f"embedded:{EMBEDDED_MODEL_NAME}"
 
 
 class RoundSummary(BaseModel):
@@ -133,7 +132,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     if agreement.passed:
         records = select_preferences(candidates, labels) + earlier_preferences(store, rnd.round_index, config.training.mix_rounds)
         dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
-        outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset)
+        outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge.judge_id, threads)
     else:
         outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
     evaluation = None
@@ -196,10 +195,7 @@ def select_heldout_prompts(prompts: list[Prompt], n: int, seed: int) -> list[Pro
 
 @task(cache_policy=NO_CACHE)
 def load_policy(store: Store, model_id: str):
-    """Base weights with every adapter of the model's lineage merged in."""
-    chain = store.model_chain(model_id)
-    checkpoint = base_checkpoint(None if chain[0].path == EMBEDDED_PATH else chain[0].path)
-    return load_model(checkpoint, [Path(m.path) for m in chain[1:]]), load_tokenizer(checkpoint)
+    return load_lineage(store, model_id)
 
 
 @task(cache_policy=NO_CACHE)
@@ -243,7 +239,7 @@ def policy_sampler(store: Store, config: RoundConfig, rnd: RoundRow, backend: st
         return
     settings = config.sampler.vllm
     chain = store.model_chain(rnd.policy_id)
-    base = base_checkpoint(None if chain[0].path == EMBEDDED_PATH else chain[0].path)
+    base = lineage_base(chain)
     adapter = Path(chain[-1].path) if len(chain) > 1 else None
     if backend == "vllm-server":
         if len(chain) > 2:
@@ -330,10 +326,18 @@ def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judg
 
 
 @task(cache_policy=NO_CACHE)
-def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset):
+def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset, judge_id: str, threads: int):
+    launch = None
+    if config.training.processes > 1:
+        def launch() -> None:  # `rlaif train` under accelerate launch; it needs the DuckDB file to itself
+            get_run_logger().info("training on %d processes (accelerate launch)", config.training.processes)
+            with store.released():
+                log = launch_training(config, rnd.round_index, judge_id, threads)
+            get_run_logger().info("distributed training done; log: %s", log)
     with progress_bar("DPO training steps") as progress:
         return train_candidate(store, policy, tokenizer, dataset, config.training.dpo_params(), config.training.data_policy(),
-                               rnd.policy_id, rnd.round_id, rnd.round_index, config.artifacts_dir(), rnd.seed, progress)
+                               rnd.policy_id, rnd.round_id, rnd.round_index, config.artifacts_dir(), rnd.seed, progress,
+                               launch)
 
 
 @task(cache_policy=NO_CACHE)

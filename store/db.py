@@ -7,7 +7,8 @@ inserts through Arrow, `INSERT OR IGNORE` on deterministic primary keys so rerun
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,16 +51,30 @@ def _migrations() -> list[tuple[int, str, str]]:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such database (run a round first)")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(f"{self.path} is in use by another process or unreadable: {exc}") from exc
+        self.con = self._connect()
         if not read_only:
             self._migrate()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(self.path), read_only=self.read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"{self.path} is in use by another process or unreadable: {exc}") from exc
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Close the connection for the block (so another process, e.g. a launched trainer, can
+        open the file), then reconnect."""
+        self.con.close()
+        try:
+            yield
+        finally:
+            self.con = self._connect()
 
     def __enter__(self) -> Store:
         return self

@@ -20,8 +20,8 @@ from training.trainer import DPOParams, add_lora, train_dpo  # noqa: E402
 model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(1)
 tokenizer = load_tokenizer(model_dir)
-pairs = make_pairs(tokenizer, 12)
-params = DPOParams(batch_size=4, epochs=2, lora_r=4, learning_rate=1e-2, reference="forward")
+pairs = make_pairs(tokenizer, 11)  # the last step of an epoch holds 3 pairs: 2 + 1 and a filler
+params = DPOParams(batch_size=4, micro_batch_size=1, epochs=2, lora_r=4, learning_rate=1e-2, reference="forward")
 model = add_lora(load_model(model_dir), params, seed=0)
 result = train_dpo(model, pairs, params, tokenizer.pad_token_id, seed=0)
 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

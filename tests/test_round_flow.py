@@ -263,3 +263,50 @@ def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, rou
     assert [m["role"] for m in first["chosen"]] == [m["role"] for m in first["rejected"]] == ["assistant"]
     bad = runner.invoke(app, ["export", str(config.db_path().parent / "dpo.csv"), "--db", str(config.db_path())])
     assert bad.exit_code == 2 and "use a .jsonl or .parquet" in bad.output
+
+
+def test_a_round_trained_on_two_processes_matches_one_process(prefect_harness, round_config, tmp_path):
+    """`training.processes: 2` runs `rlaif train` under `accelerate launch` (DDP over gloo); the flow
+    waits with its DuckDB connection released, then evaluates the candidate the launched run recorded."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.round import rlaif_round
+
+    # more prompts, and no length balancing: enough trustworthy pairs for several 2-pair steps
+    one_config = round_config.model_copy(update={
+        "prompts": round_config.prompts.model_copy(update={"train_per_round": 32}),
+        "training": round_config.training.model_copy(update={"confounds": "off"})})
+    one = rlaif_round(config=one_config)
+    ddp_dir = tmp_path / "ddp"
+    two_config = one_config.model_copy(update={
+        "training": one_config.training.model_copy(update={"processes": 2}),
+        "store": one_config.store.model_copy(update={"path": str(ddp_dir / "rlaif.duckdb")})})
+    two = rlaif_round(config=two_config)
+
+    assert two.train.trained and two.candidate_id == one.candidate_id  # same data, same config, same id
+    assert two.eval is not None and two.eval.n == 3 and two.promoted
+    assert (ddp_dir / "rlaif-artifacts" / "launch" / "train-round-0001.log").is_file()
+    with Store(one_config.db_path(), read_only=True) as store:
+        single = store.train_metrics(one.train.run_id)
+    with Store(two_config.db_path(), read_only=True) as store:
+        ddp = store.train_metrics(two.train.run_id)
+        assert store.current_policy().model_id == two.candidate_id
+    assert len(single) == len(ddp) >= 2 and two.train.n_pairs >= 3  # some steps hold 2 pairs: one per process
+    for a, b in zip(single, ddp):
+        for key in ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy", "grad_norm"):
+            assert getattr(b, key) == pytest.approx(getattr(a, key), abs=1e-4), (a.step, key)
+
+    # `rlaif train` by hand: the candidate is recorded already; a data policy it fails is refused
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(json.dumps(two_config.model_dump(mode="json")))
+    again = CliRunner().invoke(app, ["train", "--config", str(config_file), "--round", "1"])
+    assert again.exit_code == 0 and f"candidate {one.candidate_id}" in again.output, again.output
+    strict = two_config.model_copy(update={"training": two_config.training.model_copy(update={"min_pairs": 1000})})
+    config_file.write_text(json.dumps(strict.model_dump(mode="json")))
+    refused = CliRunner().invoke(app, ["train", "--config", str(config_file), "--round", "1"])
+    assert refused.exit_code == 1 and "not training: only" in refused.output and "min_pairs 1000" in refused.output
+    missing = CliRunner().invoke(app, ["train", "--config", str(config_file), "--round", "7"])
+    assert missing.exit_code == 1 and "has no round 7" in missing.output

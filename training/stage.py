@@ -17,7 +17,7 @@ from store.db import Store
 from store.ids import stable_id
 from store.rows import ModelRow, PairRecord, PreferenceRecord, TrainMetricRow, TrainRunRow
 from training.audit import AuditedPair, ConfoundAudit, audit, balance_length
-from training.trainer import DPOParams, PreferencePair, StepMetrics, add_lora, num_steps, train_dpo
+from training.trainer import DPOParams, PreferencePair, StepMetrics, TrainResult, add_lora, num_steps, train_dpo
 
 
 class DataPolicy(BaseModel):
@@ -138,6 +138,104 @@ def prepare_data(audited: Sequence[AuditedPair], data: DataPolicy) -> tuple[list
     return kept, None
 
 
+class CandidatePlan(BaseModel):
+    """What training a round's candidate means, fixed before any training: the same data and
+    config give the same ids on every process and every rerun."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    pairs: list[PreferencePair]
+    n_selected: int               # trustworthy pairs before length balancing
+    audit: ConfoundAudit          # the trustworthy pairs as selected
+    audit_trained: ConfoundAudit  # what is trained on
+    data_hash: str
+    config: dict
+    run_id: str
+    candidate_id: str
+    adapter_dir: Path
+    checkpoint_dir: Path
+
+
+def plan_candidate(audited: Sequence[AuditedPair], params: DPOParams, data: DataPolicy, parent_id: str, round_id: str,
+                   artifacts_dir: Path, seed: int) -> tuple[CandidatePlan | None, TrainOutcome | None]:
+    """Audit and apply the data policy: (the plan, None) or (None, the refusal)."""
+    kept, refusal = prepare_data(audited, data)
+    if refusal is not None:
+        return None, refusal
+    before = audit(audited)
+    pairs = [a.pair for a in kept]
+    dhash = data_hash(pairs)
+    config = {**params.model_dump(), **data.model_dump(), "seed": seed}
+    run_id = stable_id("train-run", round_id, parent_id, dhash, config)
+    candidate_id = stable_id("adapter", parent_id, dhash, config)
+    return CandidatePlan(pairs=pairs, n_selected=len(audited), audit=before,
+                         audit_trained=before if len(kept) == len(audited) else audit(kept),  # unbalanced: the same audit
+                         data_hash=dhash, config=config, run_id=run_id, candidate_id=candidate_id,
+                         adapter_dir=artifacts_dir / "adapters" / candidate_id,
+                         checkpoint_dir=artifacts_dir / "checkpoints" / run_id), None
+
+
+def recorded_outcome(store: Store, plan: CandidatePlan) -> TrainOutcome | None:
+    """The outcome of an earlier run that trained and recorded this plan's candidate, if any."""
+    if not (plan.adapter_dir / "adapter_config.json").is_file() or not store.by_ids(ModelRow, [plan.candidate_id]):
+        return None
+    runs = store.by_ids(TrainRunRow, [plan.run_id])
+    if not runs:
+        return None
+    run, metrics = runs[plan.run_id], store.train_metrics(plan.run_id)
+    reason = f"trained on {len(plan.pairs)} pairs" + (
+        f" (of {plan.n_selected}, length-balanced)" if len(plan.pairs) < plan.n_selected else "")
+    collapsed = run.audit_json.get("collapsed", False)
+    if collapsed:
+        reason = (f"training stopped at step {metrics[-1].step}: both rewards fell below "
+                  f"-{plan.config['collapse_reward']:g} (collapse)")
+    return TrainOutcome(trained=True, reason=reason, run_id=plan.run_id, candidate_id=plan.candidate_id,
+                        n_pairs=len(plan.pairs), first_loss=metrics[0].loss if metrics else None,
+                        last_loss=metrics[-1].loss if metrics else None, audit=plan.audit,
+                        audit_trained=plan.audit_trained, reference=run.audit_json.get("reference"), collapsed=collapsed)
+
+
+def fit_candidate(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, plan: CandidatePlan, params: DPOParams,
+                  seed: int, on_step: Callable[[StepMetrics], None]) -> tuple[TrainResult, PeftModel]:
+    """Train a fresh LoRA adapter on `policy` and save it to the plan's adapter dir.
+
+    Under `accelerate launch` every process calls this; the main process writes the adapter.
+    """
+    from accelerate import PartialState
+
+    model = add_lora(policy, params, seed)
+    result = train_dpo(model, plan.pairs, params, tokenizer.pad_token_id, seed, on_step, checkpoint_dir=plan.checkpoint_dir)
+    state = PartialState()
+    if state.is_main_process:
+        plan.adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Save beside the final directory and rename: a crash never leaves a half-written adapter.
+        staging = plan.adapter_dir.with_name(plan.adapter_dir.name + ".partial")
+        model.save_pretrained(staging)
+        if plan.adapter_dir.exists():
+            shutil.rmtree(plan.adapter_dir)
+        staging.rename(plan.adapter_dir)
+    state.wait_for_everyone()
+    return result, model
+
+
+def record_candidate(store: Store, plan: CandidatePlan, result: TrainResult, parent_id: str, round_id: str,
+                     round_index: int) -> TrainOutcome:
+    """Write the train run and the candidate's `models` row (lineage), after its adapter is saved."""
+    reference = f"{result.reference.source}: {result.reference.why}"
+    run_audit = {"selected": plan.audit.model_dump(), "trained": plan.audit_trained.model_dump(), "reference": reference,
+                 "collapsed": result.collapsed}
+    store.append([TrainRunRow(run_id=plan.run_id, round_id=round_id, parent_model_id=parent_id,
+                              candidate_id=plan.candidate_id, data_hash=plan.data_hash, n_pairs=len(plan.pairs),
+                              audit_json=run_audit, config_json=plan.config)])
+    store.append([ModelRow(model_id=plan.candidate_id, parent_id=parent_id, kind="adapter", path=str(plan.adapter_dir),
+                           created_round=round_index, promoted=False,
+                           promotion_reason="collapsed in training: never promoted" if result.collapsed else "not evaluated yet",
+                           data_hash=plan.data_hash, config_json=plan.config)])
+    shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
+    outcome = recorded_outcome(store, plan)
+    assert outcome is not None  # just written
+    return outcome
+
+
 def train_candidate(
     store: Store,
     policy: PreTrainedModel,
@@ -151,67 +249,34 @@ def train_candidate(
     artifacts_dir: Path,
     seed: int,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    launch: Callable[[], None] | None = None,
 ) -> tuple[TrainOutcome, PeftModel | None]:
     """Audit, then train a LoRA adapter on `policy` (if the data allows it) and record it.
 
     Returns the outcome and the policy wrapped with the candidate adapter (None if not trained).
     A candidate already trained by an earlier run of this round is loaded, not retrained; a run
-    that crashed mid-training resumes from its last checkpoint.
+    that crashed mid-training resumes from its last checkpoint. With `launch`, the training runs
+    there instead (`rlaif train` under `accelerate launch`), which must record the candidate.
     """
-    kept, refusal = prepare_data(audited, data)
+    plan, refusal = plan_candidate(audited, params, data, parent_id, round_id, artifacts_dir, seed)
     if refusal is not None:
         return refusal, None
-    before = audit(audited)
-    after = before if len(kept) == len(audited) else audit(kept)  # unbalanced data: the same audit
-    pairs = [a.pair for a in kept]
-    dhash = data_hash(pairs)
-    config = {**params.model_dump(), **data.model_dump(), "seed": seed}
-    run_id = stable_id("train-run", round_id, parent_id, dhash, config)
-    candidate_id = stable_id("adapter", parent_id, dhash, config)
-    adapter_dir = artifacts_dir / "adapters" / candidate_id
-    balanced = f" (of {len(audited)}, length-balanced)" if len(kept) < len(audited) else ""
+    assert plan is not None
+    done = recorded_outcome(store, plan)
+    if done is None and launch is not None:
+        launch()
+        done = recorded_outcome(store, plan)
+        if done is None:
+            raise RuntimeError(f"the launched training finished but did not record candidate {plan.candidate_id}")
+    if done is not None:
+        return done, PeftModel.from_pretrained(policy, plan.adapter_dir)
 
-    if (adapter_dir / "adapter_config.json").is_file() and store.by_ids(ModelRow, [candidate_id]):
-        model = PeftModel.from_pretrained(policy, adapter_dir)
-        metrics = store.train_metrics(run_id)
-        (run,) = store.by_ids(TrainRunRow, [run_id]).values()
-        return TrainOutcome(trained=True, reason="candidate already trained in an earlier run of this round",
-                            run_id=run_id, candidate_id=candidate_id, n_pairs=len(pairs), audit=before, audit_trained=after,
-                            first_loss=metrics[0].loss if metrics else None, last_loss=metrics[-1].loss if metrics else None,
-                            reference=run.audit_json.get("reference"), collapsed=run.audit_json.get("collapsed", False)), model
-
-    model = add_lora(policy, params, seed)
-    total = num_steps(len(pairs), params)
+    total = num_steps(len(plan.pairs), params)
     progress(0, total)
 
     def on_step(m: StepMetrics) -> None:  # stored at once: a crashed run keeps the steps it finished
-        store.append([TrainMetricRow(run_id=run_id, **m.model_dump())])
+        store.append([TrainMetricRow(run_id=plan.run_id, **m.model_dump())])
         progress(m.step + 1, total)
 
-    checkpoints = artifacts_dir / "checkpoints" / run_id
-    result = train_dpo(model, pairs, params, tokenizer.pad_token_id, seed, on_step, checkpoint_dir=checkpoints)
-    metric_rows = store.train_metrics(run_id)
-    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Save beside the final directory and rename: a crash never leaves a half-written adapter.
-    staging = adapter_dir.with_name(adapter_dir.name + ".partial")
-    model.save_pretrained(staging)
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    staging.rename(adapter_dir)
-
-    reference = f"{result.reference.source}: {result.reference.why}"
-    run_audit = {"selected": before.model_dump(), "trained": after.model_dump(), "reference": reference,
-                 "collapsed": result.collapsed}
-    store.append([TrainRunRow(run_id=run_id, round_id=round_id, parent_model_id=parent_id, candidate_id=candidate_id,
-                              data_hash=dhash, n_pairs=len(pairs), audit_json=run_audit, config_json=config)])
-    store.append([ModelRow(model_id=candidate_id, parent_id=parent_id, kind="adapter", path=str(adapter_dir),
-                           created_round=round_index, promoted=False,
-                           promotion_reason="collapsed in training: never promoted" if result.collapsed else "not evaluated yet",
-                           data_hash=dhash, config_json=config)])
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    reason = f"trained on {len(pairs)} pairs{balanced}"
-    if result.collapsed:
-        reason = f"training stopped at step {metric_rows[-1].step}: both rewards fell below -{params.collapse_reward:g} (collapse)"
-    return TrainOutcome(trained=True, reason=reason, run_id=run_id, candidate_id=candidate_id, n_pairs=len(pairs),
-                        first_loss=metric_rows[0].loss, last_loss=metric_rows[-1].loss, audit=before, audit_trained=after,
-                        reference=reference, collapsed=result.collapsed), model
+    result, model = fit_candidate(policy, tokenizer, plan, params, seed, on_step)
+    return record_candidate(store, plan, result, parent_id, round_id, round_index), model

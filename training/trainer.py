@@ -233,10 +233,16 @@ def train_dpo(
         started = time.perf_counter()
         batch = steps[step]
         mine = batch[rank::world]                      # this process's share of the step
-        micro = _chunks(mine, params.micro_batch_size or max(len(mine), 1))
+        largest_share = math.ceil(len(batch) / world)
+        micro_size = params.micro_batch_size or largest_share
+        micro = _chunks(mine, micro_size)
+        # DDP's collectives need the same forwards and backwards on every process: a process whose
+        # share is short (an epoch's last step) runs fillers, one of the step's pairs with zero weight.
+        real = len(micro)
+        micro += [batch[:1]] * (math.ceil(largest_share / micro_size) - real)
         sums = torch.zeros(6)  # loss, reward chosen, reward rejected, correct, pairs, tokens (this process)
         for k, rows in enumerate(micro):
-            last = k == len(micro) - 1
+            last, filler = k == len(micro) - 1, k >= real
             with accelerator.no_sync(model) if not last and world > 1 else nullcontext():  # sync grads once per step
                 with accelerator.autocast():
                     policy_chosen, policy_rejected = pair_logps(model, [pairs[i] for i in rows], pad_id)  # (b,), (b,)
@@ -246,7 +252,10 @@ def train_dpo(
                     pc, rc = pc / chosen_len[idx], rc / chosen_len[idx]
                     pr, rr = pr / rejected_len[idx], rr / rejected_len[idx]
                 losses = dpo_loss(pc, pr, rc, rr, params.beta, params.loss_type, params.label_smoothing).losses
-                accelerator.backward(losses.sum() * world / len(batch))   # DDP averages: mean over the step
+                weight = 0.0 if filler else world / len(batch)   # DDP averages: mean over the step
+                accelerator.backward(losses.sum() * weight)
+            if filler:
+                continue
             # Rewards are logged from summed log-ratios for every loss type (as TRL does), so runs compare.
             chosen_rewards = params.beta * (policy_chosen.detach() - ref_chosen[idx])      # (b,)
             rejected_rewards = params.beta * (policy_rejected.detach() - ref_rejected[idx])  # (b,)
