@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
+from evals.probes import ProbeError, load_probe_set
 from flows.config import ConfigError, RoundConfig, load_config
 from prompts.loader import PromptError, load_prompts
 from review.session import ReviewError
@@ -42,6 +43,8 @@ def _prepare(config: RoundConfig, db: Optional[Path]) -> RoundConfig:
         config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(db)})})
     load_constitution(config.constitution)
     load_prompts(config.prompts.source)
+    for source in config.eval.probes:
+        load_probe_set(source)
     for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
         if path is not None and not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")
@@ -71,7 +74,10 @@ def _print_summary(s) -> None:
     table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
     table.add_row("DPO pairs", str(s.train.n_pairs))
     table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
-    table.add_row("candidate win rate", "-" if s.eval is None else f"{s.eval.win_rate:.2f} (n={s.eval.n}, W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")
+    table.add_row("candidate win rate", "-" if s.eval is None else
+                  f"{s.eval.win_rate:.2f} (95% CI {s.eval.win_rate_low:.2f}-{s.eval.win_rate_high:.2f}, n={s.eval.n}, "
+                  f"W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")
+    table.add_row("length-controlled win rate", "-" if s.eval is None else f"{s.eval.lc_win_rate:.2f}")
     table.add_row("promoted?", "yes" if s.promoted else "no")
     table.add_row("decision", s.decision)
     console.print(table)
@@ -82,7 +88,7 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ConstitutionError, PromptError, ReviewError, FileNotFoundError) as exc:
+        except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, FileNotFoundError) as exc:
             _fail(str(exc), 2)
         except StoreError as exc:
             _fail(str(exc), 1)
@@ -207,7 +213,7 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
             rounds = store.rounds()
             table = Table(title=f"rounds in {db}")
             for col in ("round", "status", "pairs", "consistency", "invalid", "spot-checks", "reviewed",
-                        "judge-human κ / acc", "DPO loss first→last", "win rate", "promoted"):
+                        "judge-human κ / acc", "DPO loss first→last", "win rate / LC", "promoted"):
                 table.add_column(col)
             for r in rounds:
                 s = r.summary_json or {}
@@ -221,7 +227,7 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
                 table.add_row(str(r.round_index), r.status, str(stats.pairs if stats else 0),
                               _pct(stats and stats.position_consistency), _pct(stats and stats.invalid_rate),
                               str(len(queue)), str(len(reviewed)), kappa, loss,
-                              "-" if not ev else f"{ev['win_rate']:.2f}", "yes" if s.get("promoted") else "no")
+                              "-" if not ev else f"{ev['win_rate']:.2f} / {ev.get('lc_win_rate', 0):.2f}", "yes" if s.get("promoted") else "no")
             console.print(table)
             for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
                 console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",

@@ -98,7 +98,9 @@ class TrainingConfig(DPOParams, DataPolicy):
 
 class EvalConfig(_Section):
     max_new_tokens: int = Field(default=96, gt=0)
-    min_win_rate: float = Field(default=0.55, ge=0, le=1, description="promote only at or above this")
+    min_lc_win_rate: float = Field(default=0.55, ge=0, le=1,
+                                   description="promote only if the length-controlled win rate is at or above this")
+    probes: list[str] = Field(default_factory=list, description="probe sets (bundled:NAME or YAML paths) both models answer")
 
 
 class StoreConfig(_Section):
@@ -172,6 +174,7 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "policy": config.policy.model_copy(update={"path": resolve(config.policy.path)}),
             "prompts": config.prompts.model_copy(update={"source": resolve(config.prompts.source)}),
             "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),
+            "eval": config.eval.model_copy(update={"probes": [resolve(p) for p in config.eval.probes]}),
             "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
                 update={"python": resolve(config.sampler.vllm.python)})}),
             "store": config.store.model_copy(

@@ -24,7 +24,8 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
 
 from constitution.loader import Constitution, load_constitution
-from evals.stage import EvalOutcome, sample_head_to_head, score_head_to_head
+from evals.probes import ProbeSet, load_probe_set
+from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
 from flows.progress import progress_bar
 from judges.local_logprob import LocalLogprobJudge
@@ -137,8 +138,9 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
     evaluation = None
     if candidate is not None and not outcome.collapsed:
-        eval_pairs = sample_eval(store, config, rnd, candidate, tokenizer, outcome, heldout)
-        evaluation = judge_eval(store, rnd, judge, constitution, outcome, eval_pairs)
+        probes = [load_probe_set(source) for source in config.eval.probes]
+        sides = sample_eval(store, config, rnd, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
+        evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides)
     promoted, decision = promote(store, config, outcome, evaluation)
 
     return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
@@ -342,31 +344,41 @@ def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, d
 
 @task(cache_policy=NO_CACHE)
 def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tokenizer, outcome: TrainOutcome,
-                heldout: list[Prompt]):
+                prompts: list[Prompt]):
+    """The candidate (adapter on) and the current policy (the same weights, adapter off) answer the eval prompts."""
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
+    sampler = TransformersSampler(candidate, tokenizer)
     with progress_bar("eval: sampling") as progress:
-        return sample_head_to_head(store, candidate, tokenizer, rnd.round_id, outcome.candidate_id, rnd.policy_id,
-                                   heldout, config.policy.system_prompt, params, rnd.seed, progress)
+        side_a = sample_side(store, sampler, outcome.candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
+                             params, rnd.seed, lambda done, total: progress(done, 2 * total))
+        with candidate.disable_adapter():
+            side_b = sample_side(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
+                                 params, rnd.seed, lambda done, total: progress(total + done, 2 * total))
+    return side_a, side_b
 
 
 @task(cache_policy=NO_CACHE)
-def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution,
-               outcome: TrainOutcome, pairs) -> EvalOutcome:
+def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
+               probes: list[ProbeSet], sides) -> EvalOutcome:
     with progress_bar("eval: judging") as progress:
-        return score_head_to_head(store, judge, constitution, rnd.round_id, outcome.candidate_id, rnd.policy_id,
-                                  pairs, progress)
+        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, *sides, progress)
 
 
 @task(cache_policy=NO_CACHE)
 def promote(store: Store, config: RoundConfig, outcome: TrainOutcome, evaluation: EvalOutcome | None) -> tuple[bool, str]:
-    """Promote the candidate only if it beats the current policy on held-out prompts."""
+    """Promote the candidate only if its length-controlled win rate over the current policy clears the bar.
+
+    The signal-trust gates before it (judge-human agreement, the confound audit, the collapse guard)
+    stop a round before there is a candidate to evaluate, or mark it never-promotable.
+    """
     if outcome.collapsed:
         return False, f"not promoted: {outcome.reason}"
     if outcome.candidate_id is None or evaluation is None:
         return False, f"no candidate: {outcome.reason}"
-    bar = config.eval.min_win_rate
-    promoted = evaluation.win_rate >= bar
-    verb = "promoted" if promoted else "not promoted"
-    decision = f"{verb}: win rate {evaluation.win_rate:.2f} vs bar {bar:.2f} on {evaluation.n} held-out prompts"
+    bar = config.eval.min_lc_win_rate
+    promoted = evaluation.lc_win_rate >= bar
+    decision = (f"{'promoted' if promoted else 'not promoted, the current policy stays'}: length-controlled win rate "
+                f"{evaluation.lc_win_rate:.2f} {'>=' if promoted else '<'} bar {bar:.2f} (raw {evaluation.win_rate:.2f}, "
+                f"95% CI {evaluation.win_rate_low:.2f}-{evaluation.win_rate_high:.2f}, {evaluation.n} held-out prompts)")
     store.set_promotion(outcome.candidate_id, promoted, decision)
     return promoted, decision

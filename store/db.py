@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from store.rows import (
     AgreementRow,
+    CompletionRow,
+    EvalRow,
     ModelRow,
     PairRecord,
     PairRow,
@@ -199,6 +201,12 @@ class Store:
         return chain[::-1]
 
     # ---- round data ---------------------------------------------------------------------------
+    def completions(self, round_id: str, purpose: str) -> list[CompletionRow]:
+        return self._select(CompletionRow, "round_id = ? AND purpose = ?", [round_id, purpose], "completion_id")
+
+    def evals(self, round_id: str) -> list[EvalRow]:
+        return self._select(EvalRow, "round_id = ?", [round_id], "candidate_id, baseline_id, metric")
+
     def pairs(self, round_id: str, purpose: str) -> list[PairRow]:
         return self._select(PairRow, "round_id = ? AND purpose = ?", [round_id, purpose], "pair_id")
 

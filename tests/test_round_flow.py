@@ -9,7 +9,7 @@ import torch
 
 from flows.config import RoundConfig
 from store.db import Store
-from store.rows import CompletionRow, PromptRow, TrainRunRow
+from store.rows import CompletionRow, ModelRow, PromptRow, TrainRunRow
 from training.stage import select_preferences
 
 # Check principles decide deterministically (and identically in both orders), so some pairs of the
@@ -39,7 +39,7 @@ def round_config(tmp_path, tiny_model_dir) -> RoundConfig:
         "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
         "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
         "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
-        "eval": {"max_new_tokens": 10, "min_win_rate": 0.0},
+        "eval": {"max_new_tokens": 10, "min_lc_win_rate": 0.0},
         "store": {"path": str(tmp_path / "rlaif.duckdb")},
         "runtime": {"threads": 1},
     })
@@ -53,7 +53,11 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
     assert summary.train.trained, summary.train.reason
     assert summary.train.first_loss == pytest.approx(0.693147, abs=1e-5)
     assert summary.eval is not None and summary.eval.n == 3
-    assert summary.promoted  # min_win_rate 0: any candidate wins
+    assert summary.promoted  # min_lc_win_rate 0: any candidate wins
+    ev = summary.eval
+    assert ev.win_rate_low <= ev.win_rate <= ev.win_rate_high and 0 < ev.lc_win_rate < 1
+    assert ev.candidate.model_id == summary.candidate_id and ev.baseline.model_id == summary.policy_id
+    assert "short" in ev.candidate.principle_pass and "short" in ev.baseline.principle_pass
 
     with Store(round_config.db_path(), read_only=True) as store:
         counts = store.count_rows()
@@ -71,6 +75,13 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         for q in store.review_queue(rnd.round_id):
             assert q.reasons and all(r in ("random", "low_confidence") or r.startswith("high_stakes:") for r in q.reasons)
 
+        # the check principle's pass rate is the share of each model's held-out answers that pass it
+        eval_completions = store.completions(rnd.round_id, "eval")
+        for stats in (ev.candidate, ev.baseline):
+            texts = [c.text for c in eval_completions if c.model_id == stats.model_id]
+            assert len(texts) == 3 and stats.principle_pass["short"] == sum(len(t.split()) <= 5 for t in texts) / 3
+        assert {e.metric for e in store.evals(rnd.round_id)} >= {"win_rate", "lc_win_rate", "pass:short:candidate"}
+
     again = rlaif_round(config=round_config, round_index=1)
     with Store(round_config.db_path(), read_only=True) as store:
         assert store.count_rows() == counts
@@ -86,6 +97,23 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         assert run.n_pairs >= summary.train.n_pairs  # round 1's trustworthy pairs are in round 2's data
         # older policies sampled round 1's pairs: their log-probs are not this reference, so it was recomputed
         assert run.audit_json["reference"].startswith("forward")
+
+
+def test_a_candidate_that_loses_is_not_promoted_and_the_next_round_samples_the_old_policy(prefect_harness, round_config):
+    from flows.round import rlaif_round
+
+    config = round_config.model_copy(update={"eval": round_config.eval.model_copy(update={"min_lc_win_rate": 1.0})})
+    first = rlaif_round(config=config)
+    assert first.train.trained and first.eval is not None and first.eval.lc_win_rate < 1.0
+    assert not first.promoted and first.decision.startswith("not promoted, the current policy stays: length-controlled")
+    second = rlaif_round(config=config)
+    assert second.round_index == 2 and second.policy_id == first.policy_id  # still the base model
+    with Store(config.db_path(), read_only=True) as store:
+        (candidate,) = store.by_ids(ModelRow, [first.candidate_id]).values()
+        assert not candidate.promoted and candidate.promotion_reason == first.decision
+        assert store.rounds()[1].policy_id == first.policy_id
+        sampled = {c.model_id for c in store.completions("round-0002", "train")}
+        assert sampled == {first.policy_id}
 
 
 def test_round_without_enough_trustworthy_pairs_does_not_train(prefect_harness, round_config):
