@@ -1,4 +1,4 @@
-"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, train, export, review ..."""
+"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, train, export, report, compare, review ..."""
 
 from __future__ import annotations
 
@@ -302,6 +302,91 @@ def export(
         write_rows(trl_rows(records, system_prompt, rnd.round_index), out)
         humans = sum(r.source == "human" for r in records)
         console.print(f"wrote {len(records)} pairs of round {rnd.round_index} to {escape(str(out))} ({humans} human-labelled)")
+    _guard(run)()
+
+
+@app.command()
+def report(
+    round_index: int = typer.Argument(..., metavar="ROUND"),
+    fmt: str = typer.Option("html", "--format", help="html (a self-contained page with plots) or md (Markdown)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: rlaif-round-N.html; md prints)"),
+    db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file"),
+) -> None:
+    """A round's report: win rates, principles, lengths, training curves, judge trust, example pairs."""
+    def run() -> None:
+        from evals.report import render_html, render_markdown
+        from evals.report_data import build_report
+
+        if fmt not in ("html", "md"):
+            _fail(f"--format {fmt}: use html or md", 2)
+        with Store(db, read_only=True) as store:
+            data = build_report(store, round_index)
+        if fmt == "md" and out is None:
+            sys.stdout.write(render_markdown(data))
+            return
+        target = out or Path(f"rlaif-round-{round_index}.html")
+        text = render_markdown(data) if fmt == "md" else render_html(data)
+        partial = target.with_name(target.name + ".partial")  # never a half-written report
+        partial.write_text(text)
+        partial.rename(target)
+        console.print(f"wrote {target}", highlight=False, soft_wrap=True)
+    _guard(run)()
+
+
+@app.command()
+def compare(
+    model_a: str = typer.Argument(..., metavar="MODEL_A", help="a model id from `rlaif status` / the models table"),
+    model_b: str = typer.Argument(..., metavar="MODEL_B"),
+    config: Path = typer.Option(..., "--config", "-c", help="config whose prompts, judge, sampler and eval sections to use"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Held-out comparison of any two stored models: A's win rate, LC win rate, pass rates, lengths."""
+    def run() -> None:
+        from evals.stage import eval_prompts, sample_side, score_head_to_head
+        from flows.policy import load_lineage
+        from flows.progress import progress_bar
+        from flows.round import build_judge, select_heldout_prompts
+        from sampling.sampler import TransformersSampler
+        from store.ids import stable_id, stable_int
+        from store.rows import ModelRow
+
+        cfg = _prepare(load_config(config), db)
+        constitution = load_constitution(cfg.constitution)
+        heldout = select_heldout_prompts(load_prompts(cfg.prompts.source), cfg.prompts.heldout, cfg.seed)
+        probes = [load_probe_set(source) for source in cfg.eval.probes]
+        prompts = eval_prompts(heldout, probes)
+        params = cfg.sampler.params().model_copy(update={"max_new_tokens": cfg.eval.max_new_tokens})
+        seed = stable_int("compare-seed", cfg.seed) % 2**31
+        eval_id = f"compare-{stable_id(model_a, model_b, seed)}"
+        with Store(cfg.db_path()) as store:
+            known = store.by_ids(ModelRow, [model_a, model_b])
+            for model_id in (model_a, model_b):
+                if model_id not in known:
+                    raise StoreError(f"{store.path} has no model {model_id} (see `rlaif status`)")
+            sides = []
+            for model_id in (model_a, model_b):
+                model, tokenizer = load_lineage(store, model_id)
+                with progress_bar(f"sampling {model_id}") as progress:
+                    sides.append(sample_side(store, TransformersSampler(model, tokenizer), model_id, eval_id, prompts,
+                                             cfg.policy.system_prompt, params, seed, progress))
+                del model
+            judge = build_judge(cfg)
+            with progress_bar("judging (both orders)") as progress:
+                ev = score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress)
+        table = Table(title=f"{model_a} (A) vs {model_b} (B) on {ev.n} held-out prompts")
+        for col in ("metric", "A", "B"):
+            table.add_column(col)
+        table.add_row("win rate of A (95% CI)", f"{ev.win_rate:.2f} ({ev.win_rate_low:.2f}-{ev.win_rate_high:.2f}), "
+                      f"W/L/T {ev.wins}/{ev.losses}/{ev.ties}", "")
+        table.add_row("length-controlled win rate of A", f"{ev.lc_win_rate:.2f}", "")
+        table.add_row("judge position consistency", _pct(ev.consistency), "")
+        table.add_row("mean / median tokens", f"{ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f}",
+                      f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f}")
+        for pid, rate in ev.candidate.principle_pass.items():
+            table.add_row(f"pass: {pid}", _pct(rate), _pct(ev.baseline.principle_pass.get(pid)))
+        for name, rate in ev.candidate.probe_pass.items():
+            table.add_row(f"probe: {name}", _pct(rate), _pct(ev.baseline.probe_pass.get(name)))
+        console.print(table)
     _guard(run)()
 
 

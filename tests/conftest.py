@@ -105,3 +105,39 @@ def vllm_server(smollm2_dir, vllm_settings, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with running_vllm_server(vllm_settings, smollm2_dir, "smollm2", log, enable_lora=True) as base_url:
         yield base_url
+
+
+# Check principles decide deterministically (and identically in both orders), so some pairs of the
+# random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
+CONSTITUTION = """
+name: test
+principles:
+  - id: short
+    text: At most 5 words.
+    weight: 2
+    check: {max_words: 5}
+  - id: helpful
+    text: The reply helps the customer.
+    weight: 0.1
+"""
+
+
+@pytest.fixture()
+def round_config(tmp_path, tiny_model_dir):
+    """A round of the tiny model on the bundled prompts, small enough for fast tests."""
+    from flows.config import RoundConfig
+
+    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
+    return RoundConfig.model_validate({
+        "seed": 3,
+        "constitution": str(tmp_path / "constitution.yaml"),
+        "policy": {"path": str(tiny_model_dir)},
+        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
+        "sampler": {"max_new_tokens": 10, "batch_size": 8},
+        "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
+        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
+        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
+        "eval": {"max_new_tokens": 10, "min_lc_win_rate": 0.0},
+        "store": {"path": str(tmp_path / "rlaif.duckdb")},
+        "runtime": {"threads": 1},
+    })

@@ -7,42 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.config import RoundConfig
 from store.db import Store
 from store.rows import CompletionRow, ModelRow, PromptRow, TrainRunRow
 from training.stage import select_preferences
-
-# Check principles decide deterministically (and identically in both orders), so some pairs of the
-# random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
-CONSTITUTION = """
-name: test
-principles:
-  - id: short
-    text: At most 5 words.
-    weight: 2
-    check: {max_words: 5}
-  - id: helpful
-    text: The reply helps the customer.
-    weight: 0.1
-"""
-
-
-@pytest.fixture()
-def round_config(tmp_path, tiny_model_dir) -> RoundConfig:
-    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
-    return RoundConfig.model_validate({
-        "seed": 3,
-        "constitution": str(tmp_path / "constitution.yaml"),
-        "policy": {"path": str(tiny_model_dir)},
-        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
-        "sampler": {"max_new_tokens": 10, "batch_size": 8},
-        "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
-        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
-        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
-        "eval": {"max_new_tokens": 10, "min_lc_win_rate": 0.0},
-        "store": {"path": str(tmp_path / "rlaif.duckdb")},
-        "runtime": {"threads": 1},
-    })
 
 
 def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, round_config):

@@ -1,0 +1,80 @@
+"""A round's report: a self-contained HTML page (PNG plots inlined) or Markdown for terminals and CI logs."""
+
+from __future__ import annotations
+
+import base64
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from evals import plots
+from evals.report_data import Report
+
+
+def figures(report: Report) -> list[tuple[str, object]]:
+    """(caption, matplotlib Figure) for every plot of the report, in page order."""
+    return [
+        ("Win rate and length-controlled win rate of each round's candidate against the policy it would replace.",
+         plots.win_rates(report.history)),
+        ("Per-principle pass rates of the candidate (solid) and the current policy (dashed), per round.",
+         plots.principle_pass_rates(report.history)),
+        ("Left: length of chosen vs rejected completions in this round's trustworthy pairs. "
+         "Right: length of the policy's answers over rounds.",
+         plots.lengths(report.chosen_lengths, report.rejected_lengths, report.history)),
+        ("DPO loss and implicit rewards per training step of this round's candidate.", plots.training(report.steps)),
+        ("Judge trust over rounds: position consistency and judge-human agreement on spot-checked pairs.",
+         plots.judge_trust(report.history)),
+    ]
+
+
+def render_html(report: Report) -> str:
+    images = [(caption, base64.b64encode(plots.png(fig)).decode()) for caption, fig in figures(report)]
+    env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
+    return env.get_template("report.html").render(r=report, images=images, fmt=_fmt)
+
+
+def render_markdown(report: Report) -> str:
+    lines = [f"# rlaif round {report.round_index} ({report.status})", "", f"**Decision:** {report.decision}", ""]
+    ev = report.eval
+    if ev is not None:
+        lines += ["## Candidate vs current policy", "",
+                  "| metric | candidate | current policy |", "|---|---|---|",
+                  f"| win rate (95% CI) | {ev.win_rate:.2f} ({ev.win_rate_low:.2f}-{ev.win_rate_high:.2f}), "
+                  f"W/L/T {ev.wins}/{ev.losses}/{ev.ties} of {ev.n} | |",
+                  f"| length-controlled win rate | {ev.lc_win_rate:.2f} (length coef {ev.length_coef:+.2f}) | |",
+                  f"| mean / median tokens | {ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f} | "
+                  f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f} |"]
+        for pid, rate in ev.candidate.principle_pass.items():
+            lines.append(f"| pass: {pid} | {rate:.0%} | {_fmt(ev.baseline.principle_pass.get(pid), '.0%')} |")
+        for name, rate in ev.candidate.probe_pass.items():
+            lines.append(f"| probe: {name} | {rate:.0%} | {_fmt(ev.baseline.probe_pass.get(name), '.0%')} |")
+        lines.append("")
+    lines += ["## Rounds", "", "| round | status | win rate | LC win rate | position consistency | judge-human kappa | "
+              "policy median tokens | promoted |", "|---|---|---|---|---|---|---|---|"]
+    for p in report.history:
+        median = sorted(p.policy_lengths)[len(p.policy_lengths) // 2] if p.policy_lengths else None
+        lines.append(f"| {p.round_index} | {p.status} | {_fmt(p.win_rate)} | {_fmt(p.lc_win_rate)} | "
+                     f"{_fmt(p.position_consistency, '.0%')} | {_fmt(p.kappa)} | {_fmt(median, 'd')} | "
+                     f"{'yes' if p.promoted else 'no'} |")
+    lines += ["", "## Training", "", f"{report.train_reason or 'not trained'}"]
+    if report.steps:
+        first, last = report.steps[0], report.steps[-1]
+        lines.append(f"- {len(report.steps)} steps; loss {first.loss:.4f} -> {last.loss:.4f}; "
+                     f"reward margin {first.reward_margin:+.4f} -> {last.reward_margin:+.4f}")
+    if report.audit:
+        lines.append(f"- chosen longer in {_fmt(report.audit.get('chosen_longer_share'), '.0%')} of the trustworthy pairs "
+                     f"(mean log length ratio {_fmt(report.audit.get('mean_log_length_ratio'), '+.2f')})")
+    lines += ["", f"## Example pairs ({len(report.examples)})", ""]
+    for i, ex in enumerate(report.examples, start=1):
+        lines += [f"**{i}. {_one_line(ex.prompt)}** ({ex.source}, confidence {ex.confidence:.2f})", "",
+                  f"- chosen: {_one_line(ex.chosen)}", f"- rejected: {_one_line(ex.rejected)}",
+                  f"- why: {_one_line(ex.rationale)}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

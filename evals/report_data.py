@@ -1,0 +1,106 @@
+"""What a round's report shows, gathered from the store (read-only) into plain pydantic models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from evals.stage import EvalOutcome
+from store.db import Store, StoreError
+from store.rows import RoundRow
+from training.stage import round_preferences
+
+
+class RoundPoint(BaseModel):
+    """One round on the across-rounds plots (None where the round has no such number)."""
+
+    round_index: int
+    status: str
+    promoted: bool
+    promotion_bar: float | None
+    win_rate: float | None
+    win_rate_low: float | None
+    win_rate_high: float | None
+    lc_win_rate: float | None
+    position_consistency: float | None
+    kappa: float | None
+    candidate_pass: dict[str, float]
+    baseline_pass: dict[str, float]
+    policy_lengths: list[int]  # completion tokens of the round's training samples (the policy's answers)
+
+
+class StepPoint(BaseModel):
+    step: int
+    loss: float
+    reward_chosen: float
+    reward_rejected: float
+    reward_margin: float
+    reward_accuracy: float
+
+
+class ExamplePair(BaseModel):
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+    confidence: float
+    rationale: str
+
+
+class Report(BaseModel):
+    round_index: int
+    round_id: str
+    status: str
+    decision: str
+    policy_id: str
+    candidate_id: str | None
+    judge_id: str | None
+    train_reason: str | None
+    audit: dict | None           # the confound audit of the trustworthy pairs (training/audit.py)
+    eval: EvalOutcome | None
+    history: list[RoundPoint]    # rounds 1..round_index
+    steps: list[StepPoint]
+    chosen_lengths: list[int]    # this round's trustworthy pairs, before length balancing
+    rejected_lengths: list[int]
+    examples: list[ExamplePair]
+
+
+def build_report(store: Store, round_index: int, max_examples: int = 8) -> Report:
+    rnd = store.round_by_index(round_index)
+    if rnd is None:
+        raise StoreError(f"{store.path} has no round {round_index}")
+    summary = rnd.summary_json or {}
+    train = summary.get("train") or {}
+    judge_id = summary.get("judge_id")
+    preferences = round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash) if judge_id else []
+    examples = sorted(preferences, key=lambda r: (r.source != "human", -r.confidence))[:max_examples]
+    steps = store.train_metrics(train["run_id"]) if train.get("run_id") else []
+    return Report(
+        round_index=rnd.round_index, round_id=rnd.round_id, status=rnd.status, decision=rnd.status_reason or rnd.status,
+        policy_id=rnd.policy_id, candidate_id=summary.get("candidate_id"), judge_id=judge_id,
+        train_reason=train.get("reason"), audit=train.get("audit"),
+        eval=EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None,
+        history=[_round_point(store, r) for r in store.rounds() if r.round_index <= round_index],
+        steps=[StepPoint(**m.model_dump(include=set(StepPoint.model_fields))) for m in steps],
+        chosen_lengths=[len(r.chosen_ids) for r in preferences], rejected_lengths=[len(r.rejected_ids) for r in preferences],
+        examples=[ExamplePair(prompt=r.prompt, chosen=r.chosen_text, rejected=r.rejected_text, source=r.source,
+                              confidence=r.confidence, rationale=r.rationale) for r in examples],
+    )
+
+
+def _has_current_eval(summary: dict) -> bool:
+    return bool(summary.get("eval")) and "lc_win_rate" in summary["eval"]  # rounds from before LC have none
+
+
+def _round_point(store: Store, rnd: RoundRow) -> RoundPoint:
+    summary = rnd.summary_json or {}
+    ev = EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None
+    overall = next((a for a in store.agreement(rnd.round_id) if a.scope == "overall"), None)
+    return RoundPoint(
+        round_index=rnd.round_index, status=rnd.status, promoted=bool(summary.get("promoted")),
+        promotion_bar=(rnd.config_json.get("eval") or {}).get("min_lc_win_rate"),
+        win_rate=ev and ev.win_rate, win_rate_low=ev and ev.win_rate_low, win_rate_high=ev and ev.win_rate_high,
+        lc_win_rate=ev and ev.lc_win_rate, position_consistency=summary.get("position_consistency"),
+        kappa=overall.kappa if overall else None,
+        candidate_pass=ev.candidate.principle_pass if ev else {}, baseline_pass=ev.baseline.principle_pass if ev else {},
+        policy_lengths=[c.completion_tokens for c in store.completions(rnd.round_id, "train")],
+    )
