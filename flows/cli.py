@@ -1,4 +1,4 @@
-"""The `rlaif` command line: init, round, demo, status, judge, judge-stats, train, export, report, compare, review ..."""
+"""The `rlaif` command line: init, round, loop, demo, serve, server, status, judge, judge-stats, train, export, report, compare, review ..."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
 from evals.probes import ProbeError, load_probe_set
-from flows.config import ConfigError, RoundConfig, load_config
+from flows.config import ConfigError, RoundConfig, checked_config, load_config
 from prompts.loader import PromptError, load_prompts
 from review.session import ReviewError
 from store.db import Store, StoreError
@@ -37,25 +37,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _prepare(config: RoundConfig, db: Optional[Path]) -> RoundConfig:
-    """Apply --db and check every input before anything is written or a server is started."""
-    if db is not None:
-        config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(db)})})
-    load_constitution(config.constitution)
-    load_prompts(config.prompts.source)
-    for source in config.eval.probes:
-        load_probe_set(source)
-    for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
-        if path is not None and not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")
-    return config
-
-
-def _run(config: RoundConfig, round_index: Optional[int]) -> None:
+def _prefect_defaults() -> None:
     # Prefect starts a temporary local server when none is configured; give it time on a slow machine
     # and keep it from phoning home.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _run(config: RoundConfig, round_index: Optional[int]) -> None:
+    _prefect_defaults()
     from flows.round import rlaif_round
 
     summary = rlaif_round(config=config, round_index=round_index)
@@ -117,13 +107,78 @@ def round_(
     round_index: Optional[int] = typer.Option(None, "--round", help="round number (default: resume the unfinished round, else the next)"),
 ) -> None:
     """Run one RLAIF round: sample, judge, spot-check, DPO, evaluate, promote."""
-    _guard(lambda: _run(_prepare(load_config(config), db), round_index))()
+    _guard(lambda: _run(checked_config(load_config(config), db), round_index))()
+
+
+@app.command()
+def loop(
+    config: Path = typer.Option(..., "--config", "-c", help="round config YAML"),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="rounds to run, each from the latest promoted policy"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Run several rounds in one flow run (stops early at a round that waits for reviews)."""
+    def run() -> None:
+        checked_config(load_config(config), db)  # fail on bad input before Prefect starts
+        _prefect_defaults()
+        from flows.loop import rlaif_loop
+
+        for summary in rlaif_loop(config_path=str(config.resolve()), rounds=rounds, db=str(db.resolve()) if db else None):
+            _print_summary(summary)
+    _guard(run)()
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="round config YAML (read again at every run)"),
+    cron: str = typer.Option("0 2 * * *", "--cron", help="when to run (cron syntax)"),
+    timezone: str = typer.Option("UTC", "--timezone", help="IANA time zone of the cron, e.g. Europe/Berlin"),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="rounds per run"),
+    name: str = typer.Option("nightly", "--name", help="deployment name"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Serve the loop flow as a scheduled deployment and run what it schedules (stop with Ctrl-C).
+
+    Needs a Prefect server that outlives this process: `rlaif server`, then PREFECT_API_URL.
+    """
+    def run() -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from prefect.schedules import Cron
+        from prefect.settings import get_current_settings
+
+        checked_config(load_config(config), db)
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"--timezone {timezone}: not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        if len(cron.split()) != 5:
+            raise ConfigError(f"--cron {cron!r}: expected 5 fields (minute hour day month weekday)")
+        if not get_current_settings().api.url:
+            raise ConfigError("PREFECT_API_URL is not set: start a server with `rlaif server` and "
+                              "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would lose the schedule)")
+        from flows.loop import rlaif_loop
+
+        rlaif_loop.serve(name=name, schedules=[Cron(cron, timezone=timezone)], tags=["rlaif"],
+                         parameters={"config_path": str(config.resolve()), "rounds": rounds,
+                                     "db": str(db.resolve()) if db else None},
+                         description=f"{rounds} RLAIF round(s) of {config.name} at '{cron}' ({timezone})")
+    _guard(run)()
+
+
+@app.command()
+def server(port: int = typer.Option(4200, "--port", help="port on 127.0.0.1")) -> None:
+    """Start a local Prefect server on 127.0.0.1 (runs until stopped); `rlaif serve` and workers use it."""
+    prefect = Path(sys.executable).with_name("prefect")
+    console.print(f"Prefect server on http://127.0.0.1:{port}; in other shells:\n"
+                  f"  export PREFECT_API_URL=http://127.0.0.1:{port}/api", highlight=False)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.execv(str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)])
 
 
 @app.command()
 def demo(db: Optional[Path] = DB_OPTION) -> None:
     """One round of the bundled support task at tiny size (no server or network needed)."""
-    _guard(lambda: _run(_prepare(load_config(Path(str(resources.files("flows") / "demo.yaml"))), db), None))()
+    _guard(lambda: _run(checked_config(load_config(Path(str(resources.files("flows") / "demo.yaml"))), db), None))()
 
 
 def _round_or_latest(store: Store, round_index: Optional[int]):
@@ -146,7 +201,7 @@ def judge(
 ) -> None:
     """Re-judge a stored round's pairs with the config's judge (to compare judges); cached judgments are free."""
     def run() -> None:
-        cfg = _prepare(load_config(config), db)
+        cfg = checked_config(load_config(config), db)
         from flows.progress import progress_bar
         from flows.round import build_judge
         from judges.stage import judge_pairs
@@ -265,7 +320,7 @@ def train(
     def run() -> None:
         from flows.train import TrainRefused, train_round
 
-        cfg = _prepare(load_config(config), db)
+        cfg = checked_config(load_config(config), db)
         try:
             outcome = train_round(cfg, round_index, judge_id)
         except TrainRefused as exc:
@@ -350,7 +405,7 @@ def compare(
         from store.ids import stable_id, stable_int
         from store.rows import ModelRow
 
-        cfg = _prepare(load_config(config), db)
+        cfg = checked_config(load_config(config), db)
         constitution = load_constitution(cfg.constitution)
         heldout = select_heldout_prompts(load_prompts(cfg.prompts.source), cfg.prompts.heldout, cfg.seed)
         probes = [load_probe_set(source) for source in cfg.eval.probes]

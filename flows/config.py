@@ -182,3 +182,22 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             ),
         }
     )
+
+
+def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundConfig:
+    """Apply a `--db` override and load every input the config names, so that bad input fails before
+    anything is written or a server is started (errors name the file and the field)."""
+    from constitution.loader import load_constitution
+    from evals.probes import load_probe_set
+    from prompts.loader import load_prompts
+
+    if db is not None:
+        config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(db)})})
+    load_constitution(config.constitution)
+    load_prompts(config.prompts.source)
+    for source in config.eval.probes:
+        load_probe_set(source)
+    for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")
+    return config

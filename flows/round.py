@@ -78,12 +78,19 @@ class ReviewRelease(RunInput):
 
 @flow(name="rlaif-round")
 def rlaif_round(config: RoundConfig, round_index: int | None = None) -> RoundSummary:
+    return execute_round(config, round_index)
+
+
+def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundSummary:
+    """One round inside the current flow run: the round flow's body, and each of the loop flow's rounds."""
     logger = get_run_logger()
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts.source)
     threads = set_threads(config.runtime.threads)
     with Store(config.db_path()) as store:
         rnd = begin_round(store, config, constitution, prompts, round_index)
+        if flow_run.id is not None:  # the flow run that works on the round (the loop counts its rounds by it)
+            store.set_flow_run(rnd.round_id, str(flow_run.id))
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
         try:
@@ -111,7 +118,12 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     backend, why = choose_backend(config.sampler.backend, config.sampler.vllm)
     get_run_logger().info("sampling backend: %s (%s)", backend, why)
 
+    def note(stage: str) -> None:  # shown to any process the store locks out
+        store.note(f"round {rnd.round_index}: {stage}")
+
+    note("sampling")
     comparisons = sample_pairs(store, config, rnd, backend, policy, tokenizer, train_prompts)
+    note("judging")
     verdicts = judge_round(store, judge, constitution, comparisons)
     stats = judge_stats(list(verdicts.values()))
     train_pairs = comparisons
@@ -133,12 +145,14 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     if agreement.passed:
         records = select_preferences(candidates, labels) + earlier_preferences(store, rnd.round_index, config.training.mix_rounds)
         dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
+        note("training")
         outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge.judge_id, threads)
     else:
         outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
     evaluation = None
     if candidate is not None and not outcome.collapsed:
         probes = [load_probe_set(source) for source in config.eval.probes]
+        note("evaluating")
         sides = sample_eval(store, config, rnd, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
         evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides)
     promoted, decision = promote(store, config, outcome, evaluation)
@@ -165,6 +179,8 @@ def begin_round(store: Store, config: RoundConfig, constitution: Constitution, p
         if existing.constitution_hash != constitution.content_hash:
             raise StoreError(f"round {round_index} was started with constitution {existing.constitution_hash}; "
                              f"the config's constitution is now {constitution.content_hash}. Refusing to mix them in one round.")
+        if existing.status == "failed":  # a rerun after a crash: running again
+            store.set_round_status(existing.round_id, "running", None)
         return existing
     policy = store.current_policy()
     assert policy is not None  # the base row was inserted above

@@ -1,12 +1,16 @@
 """The DuckDB store: the only module that talks SQL.
 
-One read-write connection per process (DuckDB locks the file against every other process), bulk
-inserts through Arrow, `INSERT OR IGNORE` on deterministic primary keys so reruns add nothing.
+One read-write connection per process (DuckDB locks the file against every other process, even
+readers), bulk inserts through Arrow, `INSERT OR IGNORE` on deterministic primary keys so reruns add
+nothing. The writing process leaves `<db>.holder.json` (PID, command, what it is doing) beside the
+file, so a process it locks out can say who holds the file instead of only failing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -62,21 +66,43 @@ class Store:
         if not read_only:
             self._migrate()
 
+    @property
+    def holder_file(self) -> Path:
+        """Who holds the file for writing, and doing what: read by a process that cannot open it."""
+        return self.path.with_name(self.path.name + ".holder.json")
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            return duckdb.connect(str(self.path), read_only=self.read_only)
+            con = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.IOException as exc:
-            raise StoreError(f"{self.path} is in use by another process or unreadable: {exc}") from exc
+            raise StoreError(self._in_use_message(exc)) from exc
+        if not self.read_only:
+            self._activity = getattr(self, "_activity", "")
+            self._write_holder()
+        return con
 
-    @contextmanager
-    def released(self) -> Iterator[None]:
-        """Close the connection for the block (so another process, e.g. a launched trainer, can
-        open the file), then reconnect."""
-        self.con.close()
+    def _write_holder(self) -> None:
+        holder = {"pid": os.getpid(), "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:3]),
+                  "since": utcnow().isoformat(timespec="seconds"), "activity": self._activity}
+        partial = self.holder_file.with_name(self.holder_file.name + ".partial")
+        partial.write_text(json.dumps(holder))
+        partial.replace(self.holder_file)
+
+    def note(self, activity: str) -> None:
+        """Say what this process is doing with the file (shown to anyone it locks out)."""
+        self._activity = activity
+        if not self.read_only:
+            self._write_holder()
+
+    def _in_use_message(self, exc: Exception) -> str:
         try:
-            yield
-        finally:
-            self.con = self._connect()
+            holder = json.loads(self.holder_file.read_text())
+            os.kill(holder["pid"], 0)  # still alive? (signal 0 only checks)
+        except (OSError, ValueError, KeyError):
+            return f"{self.path} is in use by another process or unreadable: {exc}"
+        doing = f": {holder['activity']}" if holder.get("activity") else ""
+        return (f"{self.path} is in use by PID {holder['pid']} ({holder['command']}{doing}, since {holder['since']} UTC). "
+                "DuckDB allows one writing process per file: wait for it to finish or stop it.")
 
     def __enter__(self) -> Store:
         return self
@@ -86,6 +112,25 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+        if not self.read_only:
+            self._drop_holder()
+
+    def _drop_holder(self) -> None:
+        try:
+            if json.loads(self.holder_file.read_text()).get("pid") == os.getpid():
+                self.holder_file.unlink()
+        except (OSError, ValueError):
+            pass
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Close the connection for the block (so another process, e.g. a launched trainer, can
+        open the file), then reconnect."""
+        self.close()
+        try:
+            yield
+        finally:
+            self.con = self._connect()
 
     # ---- schema -------------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -174,6 +219,11 @@ class Store:
             ).fetchall()
         ]
         return {t: self._count(t) for t in tables}
+
+    def primary_keys(self) -> dict[str, list[tuple]]:
+        """Every table's primary keys, sorted: what two runs of the same rounds must agree on."""
+        tables = {cls.table: cls.key for cls in Row.__subclasses__()}
+        return {t: sorted(self.con.execute(f"SELECT {', '.join(key)} FROM {t}").fetchall()) for t, key in sorted(tables.items())}
 
     # ---- rounds and models --------------------------------------------------------------------
     def rounds(self) -> list[RoundRow]:

@@ -12,13 +12,15 @@ contains a fault keyword:
   FAULT:always500  every request gets 500 (the judgment must end up `error`)
 
 `service_time_s` adds a fixed delay to every reply (for throughput benchmarks); with
-`reject_json_schema` the server answers 400 to requests that carry a JSON-schema response_format.
+`reject_json_schema` the server answers 400 to requests that carry a JSON-schema response_format;
+`failure_rate` answers 500 to that share of all requests (drawn from a seeded generator).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -27,8 +29,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class StubOpenAIServer:
-    def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False):
+    def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False,
+                 failure_rate: float = 0.0, seed: int = 0):
         self.service_time_s, self.slow_s, self.reject_json_schema = service_time_s, slow_s, reject_json_schema
+        self.failure_rate, self.rng, self.failed = failure_rate, random.Random(seed), 0
         self.requests = 0
         self.per_message: Counter[str] = Counter()
         self.authorization: set[str] = set()
@@ -68,6 +72,10 @@ class StubOpenAIServer:
                     server.per_message[key] += 1
                     nth = server.per_message[key]
                     server.authorization.add(self.headers.get("Authorization", ""))
+                    fail = server.rng.random() < server.failure_rate
+                    server.failed += fail
+                if fail:
+                    return self._send(500, {"error": {"message": "flaky upstream", "type": "server_error"}})
                 if server.service_time_s:
                     time.sleep(server.service_time_s)
                 if server.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":

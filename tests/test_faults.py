@@ -1,0 +1,120 @@
+"""Fault suite with real processes: `rlaif round` killed with SIGKILL in each stage, then rerun,
+ends with exactly the rows of an uninterrupted run (same ids, no duplicates, nothing lost); a judge
+endpoint failing 30% of requests still gives a finished round with every pair judged or invalid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from store.db import Store
+
+RLAIF = str(Path(sys.executable).parent / "rlaif")
+STAGE_TABLE = {"sampling": "completions", "judging": "judgments", "training": "train_metrics", "evaluating": "evals"}
+
+
+@pytest.fixture()
+def fault_config(tmp_path, round_config) -> Path:
+    """The tiny round, made long enough (small batches, more prompts) to be killed inside each stage."""
+    config = round_config.model_copy(update={
+        "prompts": round_config.prompts.model_copy(update={"train_per_round": 48, "heldout": 16}),
+        "sampler": round_config.sampler.model_copy(update={"batch_size": 1}),
+        "judge": round_config.judge.model_copy(update={"batch_size": 1}),
+        "training": round_config.training.model_copy(update={"batch_size": 1, "epochs": 3, "checkpoint_every": 1,
+                                                             "confounds": "off"}),
+    })
+    path = tmp_path / "faults.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    return path
+
+
+def rlaif_env() -> dict[str, str]:
+    """The test session's Prefect server, so each process does not start its own."""
+    from prefect.settings import get_current_settings
+
+    return {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url), "COLUMNS": "200"}
+
+
+def run_round(config: Path, db: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([RLAIF, "round", "--config", str(config), "--db", str(db)], capture_output=True, text=True,
+                          timeout=600, env=rlaif_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def kill_during(config: Path, db: Path, stage: str, delay_s: float) -> None:
+    """Start a round and SIGKILL it `delay_s` after it says (in the store's holder file) it entered `stage`."""
+    holder = db.with_name(db.name + ".holder.json")
+    process = subprocess.Popen([RLAIF, "round", "--config", str(config), "--db", str(db)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=rlaif_env())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(holder.read_text()).get("activity") == f"round 1: {stage}":
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    else:
+        process.kill()
+        pytest.fail(f"the round never reached {stage} (exit code {process.returncode})")
+    time.sleep(delay_s)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_a_round_killed_in_any_stage_and_rerun_equals_an_uninterrupted_round(prefect_harness, fault_config, tmp_path):
+    reference_db = tmp_path / "reference.duckdb"
+    run_round(fault_config, reference_db)
+    with Store(reference_db, read_only=True) as store:
+        reference = store.primary_keys()
+    assert reference["train_metrics"] and reference["evals"] and len(reference["rounds"]) == 1
+
+    for stage, delay in (("sampling", 0.5), ("judging", 0.2), ("training", 0.5), ("evaluating", 0.3)):
+        db = tmp_path / f"killed-in-{stage}.duckdb"
+        kill_during(fault_config, db, stage, delay)
+        with Store(db, read_only=True) as store:
+            (rnd,) = store.rounds()
+            killed = store.primary_keys()
+        assert rnd.status == "running", stage  # SIGKILL: no chance to record anything
+        table = STAGE_TABLE[stage]
+        assert len(killed[table]) < len(reference[table]), f"{stage}: the kill came after the stage finished"
+
+        run_round(fault_config, db)  # resumes the unfinished round
+        with Store(db, read_only=True) as store:
+            after = store.primary_keys()
+            (rnd,) = store.rounds()
+        assert rnd.status == "finished"
+        for name, keys in reference.items():
+            assert len(after[name]) == len(set(after[name])), f"{stage}: duplicates in {name}"
+            assert after[name] == keys, f"killed in {stage}: {name} differs from the uninterrupted run"
+
+
+def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_round(prefect_harness, round_config):
+    from flows.round import rlaif_round
+    from openai_stub_server import StubOpenAIServer
+
+    with StubOpenAIServer(failure_rate=0.3, seed=7) as server:
+        judge = {"kind": "openai", "openai": {"base_url": server.base_url, "model": "stub-judge", "api_key_env": None,
+                                               "concurrency": 4, "max_retries": 2, "backoff_base_s": 0.01,
+                                               "backoff_max_s": 0.05, "timeout_s": 5}}
+        config = round_config.model_copy(update={"judge": round_config.judge.model_validate(judge)})
+        summary = rlaif_round(config=config)
+    assert summary.status == "finished" and summary.pairs_judged == 8 and summary.eval is not None
+    assert server.failed > 0.2 * server.requests  # the endpoint really failed about 30% of the time
+    with Store(config.db_path(), read_only=True) as store:
+        rnd = store.rounds()[0]
+        for purpose in ("train", "eval"):
+            pairs = store.pairs(rnd.round_id, purpose)
+            verdicts = store.verdicts([p.pair_id for p in pairs], summary.judge_id, rnd.constitution_hash)
+            assert set(verdicts) == {p.pair_id for p in pairs}, purpose  # every pair has a verdict ...
+            assert {v.status for v in verdicts.values()} <= {"ok", "invalid", "error"}  # ... judged, or recorded as not
+            assert sum(v.status == "ok" for v in verdicts.values()) > len(pairs) / 2  # retries recovered most
