@@ -158,7 +158,11 @@ def serve(
                               "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would lose the schedule)")
         from flows.loop import rlaif_loop
 
+        from prefect.deployments.runner import EntrypointType
+
+        # by module path: the runner finds the installed flow wherever `rlaif serve` was started
         rlaif_loop.serve(name=name, schedules=[Cron(cron, timezone=timezone)], tags=["rlaif"],
+                         entrypoint_type=EntrypointType.MODULE_PATH,
                          parameters={"config_path": str(config.resolve()), "rounds": rounds,
                                      "db": str(db.resolve()) if db else None},
                          description=f"{rounds} RLAIF round(s) of {config.name} at '{cron}' ({timezone})")
@@ -503,12 +507,27 @@ def _release(store: Store, round_index: int, released_by: str) -> str:
 
     rnd = round_or_error(store, round_index)
     store.release_review(rnd.round_id)
-    if rnd.status == "waiting_for_review" and rnd.flow_run_id:
+    if rnd.status == "waiting_for_review" and _suspended(rnd.flow_run_id):
         from prefect.flow_runs import resume_flow_run
 
         resume_flow_run(rnd.flow_run_id, run_input={"released_by": released_by})
         return f"round {round_index} released; its suspended flow run {rnd.flow_run_id} resumes"
     return f"round {round_index} released: its next run trains without waiting for reviews"
+
+
+def _suspended(flow_run_id: str | None) -> bool:
+    """Is the round's flow run suspended at the gate? Only a deployed run can be, and a deployment
+    needs a Prefect server that outlives it (PREFECT_API_URL): without one, there is nothing to resume."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.settings import get_current_settings
+
+    if flow_run_id is None or not get_current_settings().api.url:
+        return False
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(flow_run_id)).state
+    return state is not None and state.is_paused()
 
 
 @review_app.command("release")

@@ -1,0 +1,130 @@
+"""Scheduling for real: `rlaif server` (a local Prefect server), `rlaif serve` (the nightly
+deployment with its cron), a triggered run that suspends at the review gate, `rlaif review release`
+that resumes it to completion, and the scheduled runs of the next 24 hours."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from store.db import Store
+
+RLAIF = str(Path(sys.executable).parent / "rlaif")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def check_nightly(db: Path, env: dict[str, str]) -> None:
+    """Against the served deployment: its schedule, a triggered run through the review gate, the next runs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.deployments import run_deployment
+
+    def deployment():
+        with get_client(sync_client=True) as client:
+            try:
+                return client.read_deployment_by_name("rlaif-loop/nightly")
+            except Exception:  # not registered yet
+                return None
+
+    found = wait_for(deployment, 120, "the nightly deployment")
+    (schedule,) = found.schedules
+    assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "Europe/Berlin"
+
+    run = run_deployment("rlaif-loop/nightly", timeout=0)  # triggered by hand; the served runner executes it
+
+    def state_of(name: str):
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run.id).state
+        return state if state is not None and state.name == name else None
+
+    wait_for(lambda: state_of("Suspended"), 300, "the run to suspend at the review gate")
+    with Store(db, read_only=True) as store:  # the suspended run's process has let go of the file
+        (rnd,) = store.rounds()
+        assert rnd.status == "waiting_for_review" and rnd.flow_run_id == str(run.id)
+    released = subprocess.run([RLAIF, "review", "release", "1", "--db", str(db)], env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert released.returncode == 0 and "resumes" in released.stdout, released.stdout + released.stderr
+    wait_for(lambda: state_of("Completed"), 300, "the resumed run to complete")
+    with Store(db, read_only=True) as store:
+        (rnd,) = store.rounds()
+        assert rnd.status == "finished" and rnd.summary_json["train"]["trained"], rnd.status_reason
+
+    def scheduled():
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+                flow_run_filter=FlowRunFilter(state={"type": {"any_": ["SCHEDULED"]}}))
+        now = datetime.now(timezone.utc)
+        return [r for r in runs if now < r.expected_start_time <= now + timedelta(hours=24)]
+
+    (next_run,) = wait_for(scheduled, 120, "a scheduled run in the next 24 hours")
+    berlin = next_run.expected_start_time.astimezone(ZoneInfo("Europe/Berlin"))
+    assert (berlin.hour, berlin.minute) == (3, 0)
+
+
+@pytest.mark.slow
+def test_nightly_deployment_runs_suspends_at_the_gate_resumes_and_is_scheduled(round_config, tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_LOGGING_TO_API_ENABLED": "false",
+           "COLUMNS": "200"}
+    config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
+    config_file = tmp_path / "nightly.yaml"
+    config_file.write_text(json.dumps(config.model_dump(mode="json")))
+    db = config.db_path()
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "serve")}
+    server = subprocess.Popen([RLAIF, "server", "--port", str(port)], env=env, stdout=logs["server"], stderr=subprocess.STDOUT)
+    serve = None
+    try:
+        wait_for(lambda: healthy(api), 180, "the Prefect server")
+        serve = subprocess.Popen([RLAIF, "serve", "--config", str(config_file), "--cron", "0 3 * * *",
+                                  "--timezone", "Europe/Berlin"], env=env, cwd=tmp_path, stdout=logs["serve"],
+                                 stderr=subprocess.STDOUT)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api}):  # this server, not the session's test harness
+            check_nightly(db, env)
+    finally:
+        for process in (serve, server):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for log in logs.values():
+            log.close()
