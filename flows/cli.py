@@ -492,12 +492,14 @@ def review_serve(
             raise StoreError(f"{db} does not exist: run a round first")
         if host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"[yellow]warning:[/] binding {escape(host)}: the review page is reachable from your network")
-        with Store(db) as store:
-            def on_round_done(round_index: int) -> None:
-                _release(store, round_index, "the review queue was finished")
-            web = create_app(store, constitution, reviews_per_pair=per_pair, on_round_done=on_round_done)
-            console.print(f"review page on http://{host}:{port}/ (log in with a token from `rlaif review add-reviewer`)")
-            uvicorn.run(web, host=host, port=port, log_level="warning")
+        Store(db).close()  # apply migrations now, and fail now if a round holds the file
+
+        def on_round_done(store: Store, round_index: int) -> None:
+            _release(store, round_index, "the review queue was finished")
+        # A connection per request: between clicks the file is free for the round a finished queue resumes.
+        web = create_app(lambda: Store(db), constitution, reviews_per_pair=per_pair, on_round_done=on_round_done)
+        console.print(f"review page on http://{host}:{port}/ (log in with a token from `rlaif review add-reviewer`)")
+        uvicorn.run(web, host=host, port=port, log_level="warning")
     _guard(run)()
 
 

@@ -48,6 +48,10 @@ from store.ids import stable_id, stable_int
 from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
 from training.stage import TrainOutcome, build_preference_pairs, earlier_preferences, select_preferences, train_candidate
 
+# Tasks that may talk to a server (vLLM, an OpenAI-compatible judge) retry as a whole after the
+# client's own retries are spent; a retry redoes only what the store does not have yet.
+NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 10}
+
 
 class RoundSummary(BaseModel):
     round_index: int
@@ -231,7 +235,7 @@ def build_judge(config: RoundConfig) -> PairwiseJudge:
                              max_completion_tokens=config.judge.max_completion_tokens)
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer,
                  prompts: list[Prompt]) -> list[PairRow]:
     """n completions per prompt from the round's policy; returns the comparisons to judge."""
@@ -286,7 +290,7 @@ def select_max_min_pairs(store: Store, rnd: RoundRow, comparisons: list[PairRow]
     return pairs
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs):
     with progress_bar("judging (both orders)") as progress:
         return judge_pairs(store, judge, constitution, pairs, progress)
@@ -373,7 +377,7 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tok
     return side_a, side_b
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
                probes: list[ProbeSet], sides) -> EvalOutcome:
     with progress_bar("eval: judging") as progress:

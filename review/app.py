@@ -1,9 +1,10 @@
 """The review web page: reviewers label queued pairs in a browser, one pair at a time.
 
 A thin layer over review.session (which decides what a reviewer sees and what a label means).
-The app owns no state besides the Store it is given: DuckDB allows one writing process per file,
-so the CLI opens the Store once and hands it here, and a lock serialises every use of its single
-connection (FastAPI runs sync endpoints in a thread pool).
+The app owns no state: each request opens the Store, uses it and closes it, under a lock (FastAPI
+runs sync endpoints in a thread pool). DuckDB allows one writing process per file, so holding it
+only per request leaves the file free between clicks for the round a finished queue resumes; while a
+round holds it, the page answers 503 and says who holds it.
 
 Security choices, because model text is untrusted and labels become training data:
   * pages are server-rendered with autoescaping; model text is only ever printed as escaped text
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -32,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from constitution.loader import Constitution
 from review import session
-from store.db import Store
+from store.db import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,10 @@ def browser_text(value: str | None) -> str | None:
     return value.replace("\r\n", "\n") if value else None
 
 
-def notify_round_done(callback: Callable[[int], None], round_index: int) -> None:
+def notify_round_done(callback: Callable[[Store, int], None], store: Store, round_index: int) -> None:
     """Tell the caller a round's queue is fully labelled; a failing callback must not lose the label."""
     try:
-        callback(round_index)
+        callback(store, round_index)
     except Exception:
         log.exception("on_round_done(%s) failed; the labels are stored", round_index)
 
@@ -177,6 +179,12 @@ def _add_error_pages(app: FastAPI) -> None:
         back = f"/rounds/{int(round_index)}" if round_index is not None else "/"
         return page("error.html", 400, title="Label not stored", message=str(exc), back=back)
 
+    @app.exception_handler(StoreError)
+    def store_busy(request: Request, exc: StoreError) -> Response:
+        # A round holds the database (DuckDB: one writing process): nothing was stored; try again later.
+        return page("error.html", 503, title="Database busy", message=f"{exc} Nothing was stored; try again later.",
+                    back=str(request.url.path))
+
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return page("error.html", exc.status_code, title="Error", message=str(exc.detail), back="/")
@@ -184,34 +192,37 @@ def _add_error_pages(app: FastAPI) -> None:
 
 # ---- the app ------------------------------------------------------------------------------------
 def create_app(
-    store: Store,
+    open_store: Callable[[], Store],
     constitution: Constitution,
     reviews_per_pair: int = 1,
-    on_round_done: Callable[[int], None] = lambda round_index: None,
+    on_round_done: Callable[[Store, int], None] = lambda store, round_index: None,
 ) -> FastAPI:
-    """The review site over an open Store.
+    """The review site; `open_store()` opens the Store for one request.
 
-    `on_round_done(round_index)` is called (holding the store lock, so it may use the store) when a
-    label completes a round's queue: every queued pair has `reviews_per_pair` labels.
+    `on_round_done(store, round_index)` is called with the request's store when a label completes a
+    round's queue: every queued pair has `reviews_per_pair` labels.
     """
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()
-    app.state.store = store
     app.state.store_lock = lock  # anyone else touching the store while the app runs must hold it
+
+    @contextmanager
+    def connected() -> Iterator[Store]:
+        with lock, open_store() as store:
+            yield store
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_pages(app)
 
     def reviewer(request: Request) -> str:
         """The logged-in reviewer's id (a dependency of every protected endpoint)."""
-        with lock:
+        with connected() as store:
             row = session.reviewer_for_token(store, request_token(request))
         if row is None:
             raise NotLoggedIn()
         return row.reviewer_id
 
-    def check_round(round_index: int) -> None:
-        """Call holding the lock."""
+    def check_round(store: Store, round_index: int) -> None:
         if store.round_by_index(round_index) is None:
             raise UnknownRound(round_index)
 
@@ -222,7 +233,7 @@ def create_app(
     @app.post("/login")
     def login(form: dict[str, str] = Depends(form_fields)) -> Response:
         token = form.get("token", "").strip()
-        with lock:
+        with connected() as store:
             row = session.reviewer_for_token(store, token)
         if row is None:
             return page("login.html", 401, error="That token is not valid.")
@@ -238,15 +249,15 @@ def create_app(
 
     @app.get("/")
     def queue(who: str = Depends(reviewer)) -> Response:
-        with lock:
+        with connected() as store:
             rounds = sorted(store.rounds(), key=lambda r: r.round_index, reverse=True)
             rows = [(r, session.progress(store, r.round_index, who, reviews_per_pair)) for r in rounds]
         return page("queue.html", reviewer=who, rows=rows)
 
     @app.get("/rounds/{round_index}")
     def review_page(round_index: int, who: str = Depends(reviewer)) -> Response:
-        with lock:
-            check_round(round_index)
+        with connected() as store:
+            check_round(store, round_index)
             item = session.next_item(store, round_index, who, reviews_per_pair)
             progress = session.progress(store, round_index, who, reviews_per_pair)
         return page("review.html", reviewer=who, round_index=round_index, item=item, progress=progress,
@@ -255,8 +266,8 @@ def create_app(
     @app.post("/rounds/{round_index}/label")
     def label(round_index: int, who: str = Depends(reviewer),
               form: dict[str, str] = Depends(form_fields)) -> Response:
-        with lock:
-            check_round(round_index)
+        with connected() as store:
+            check_round(store, round_index)
             before = session.progress(store, round_index, who, reviews_per_pair)
             session.record_review(store, round_index, who, pair_id=form.get("pair_id", ""),
                                   shown_order=form.get("shown_order", ""), choice=form.get("choice", ""),
@@ -264,13 +275,13 @@ def create_app(
             after = session.progress(store, round_index, who, reviews_per_pair)
             # Only the label that completes the queue reports it (not every later skip or late label).
             if after.total > 0 and after.done == after.total and before.done < after.total:
-                notify_round_done(on_round_done, round_index)
+                notify_round_done(on_round_done, store, round_index)
         return RedirectResponse(f"/rounds/{round_index}", status_code=303)
 
     @app.post("/rounds/{round_index}/undo")
     def undo(round_index: int, who: str = Depends(reviewer)) -> Response:
-        with lock:
-            check_round(round_index)
+        with connected() as store:
+            check_round(store, round_index)
             session.undo_last(store, round_index, who)
         return RedirectResponse(f"/rounds/{round_index}", status_code=303)
 

@@ -106,3 +106,11 @@ def test_a_relative_vllm_python_is_made_absolute_but_stays_the_venv_link(tmp_pat
     link.symlink_to(sys.executable)  # following it would leave the venv, and its packages, behind
     (tmp_path / "rlaif.yaml").write_text("sampler:\n  vllm:\n    python: venv/bin/python\n")
     assert load_config(tmp_path / "rlaif.yaml").sampler.vllm.python == str(link)
+
+
+def test_an_empty_prompt_file_is_named_and_nothing_is_written(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text("\n")
+    (tmp_path / "rlaif.yaml").write_text("prompts:\n  source: prompts.jsonl\n")
+    result = runner.invoke(app, ["round", "--config", str(tmp_path / "rlaif.yaml"), "--db", str(tmp_path / "r.duckdb")])
+    assert result.exit_code == 2 and "prompts.jsonl: no prompts" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "r.duckdb").exists()

@@ -1,7 +1,7 @@
 """The review web page in a real browser (Debian's chromium driven by Playwright) against a live server.
 
-Each test gets a fresh DuckDB file, a Store opened once (the app is its only other user; the test
-reads it holding the app's lock) and a uvicorn server on a free port of 127.0.0.1.
+Each test gets a fresh DuckDB file, a Store the test reads (holding the app's lock; the app opens its
+own connection per request, in the same process) and a uvicorn server on a free port of 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def make_site(tmp_path):
         store.append([ReviewQueueRow(pair_id=p.pair_id, round_id="r", reasons=["random"]) for p in pairs])
         tokens = {name: add_reviewer(store, name) for name in ("alice", "bob")}
         calls: list[int] = []
-        app = create_app(store, load_constitution("bundled:support"), reviews_per_pair=1,
-                         on_round_done=calls.append)
+        # the app opens its own connection per request (same process, same database instance)
+        app = create_app(lambda: Store(tmp_path / "rlaif.duckdb"), load_constitution("bundled:support"), reviews_per_pair=1,
+                         on_round_done=lambda _store, round_index: calls.append(round_index))
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
@@ -332,3 +333,31 @@ def test_sql_injection_is_inert(make_site):
     assert sorted(r.rationale for r in site.reviews("alice")) == sorted(SQL_PAYLOADS)
     after = site.count_rows()
     assert after == {**before, "reviews": 2}
+
+
+# ---- 5: the page holds the database only per request ----------------------------------------------------
+def test_while_a_round_holds_the_database_the_page_says_who_and_then_recovers(make_site):
+    import subprocess
+    import sys
+    import textwrap
+
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
+    with site.client("alice") as alice, site.store.released():  # the test's own connection steps aside too
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from store.db import Store
+            s = Store({str(site.store.path)!r})
+            s.note("round 2: training")
+            print("ready", flush=True)
+            sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "ready"
+            busy = alice.get("/rounds/1")
+            assert busy.status_code == 503 and "Database busy" in busy.text
+            assert f"in use by PID {holder.pid}" in busy.text and "round 2: training" in busy.text
+            refused = alice.post("/rounds/1/label", data={"pair_id": "x", "shown_order": "ab", "choice": "left"})
+            assert refused.status_code == 503 and "Nothing was stored" in refused.text
+        finally:
+            holder.communicate("\n", timeout=30)
+        assert alice.get("/rounds/1").status_code == 200  # the round let go: the page works again

@@ -305,3 +305,19 @@ def test_a_round_trained_on_two_processes_matches_one_process(prefect_harness, r
     assert refused.exit_code == 1 and "not training: only" in refused.output and "min_pairs 1000" in refused.output
     missing = CliRunner().invoke(app, ["train", "--config", str(config_file), "--round", "7"])
     assert missing.exit_code == 1 and "has no round 7" in missing.output
+
+
+def test_a_constitution_changed_mid_round_is_refused_and_nothing_is_written(prefect_harness, round_config):
+    from flows.round import rlaif_round
+    from store.db import StoreError
+
+    config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
+    assert rlaif_round(config=config).status == "waiting_for_review"  # round 1 is unfinished
+    with Store(config.db_path(), read_only=True) as store:
+        before = store.primary_keys()
+    constitution = Path(config.constitution)
+    constitution.write_text(constitution.read_text().replace("At most 5 words.", "At most 6 words."))
+    with pytest.raises(StoreError, match="Refusing to mix them in one round"):
+        rlaif_round(config=config)
+    with Store(config.db_path(), read_only=True) as store:
+        assert store.primary_keys() == before and store.rounds()[0].status == "waiting_for_review"

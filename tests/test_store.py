@@ -56,6 +56,7 @@ def test_second_process_gets_a_clear_error(tmp_path):
             import sys, time
             from store.db import Store
             s = Store({str(db)!r})
+            s.note("round 3: judging")
             print("ready", flush=True)
             sys.stdin.readline()
         """)],
@@ -63,10 +64,18 @@ def test_second_process_gets_a_clear_error(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(StoreError, match="in use by another process"):
+        with pytest.raises(StoreError) as info:  # who holds it, and doing what
             Store(db, read_only=True)
+        assert f"in use by PID {holder.pid} (-c: round 3: judging, since" in str(info.value)
+        with pytest.raises(StoreError, match=f"in use by PID {holder.pid}"):
+            Store(db)
     finally:
         holder.communicate("\n", timeout=30)
+    # a holder killed with SIGKILL leaves its note behind: a stale note is not believed
+    stale = db.with_name(db.name + ".holder.json")
+    stale.write_text('{"pid": %d, "command": "rlaif round", "since": "x", "activity": "sampling"}' % holder.pid)
+    Store(db).close()  # the file is free: it opens, and its own note replaced the stale one
+    assert not stale.exists()
 
 
 def test_read_only_open_of_missing_db_is_an_error(tmp_path):
