@@ -107,18 +107,26 @@ def load_constitution(source: str | Path) -> Constitution:
     """Load `bundled:NAME` or a YAML path; errors name the file and the offending field."""
     source = str(source)
     path = bundled_constitution_path(source[len(BUNDLED_PREFIX):]) if source.startswith(BUNDLED_PREFIX) else Path(source)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConstitutionError(f"{path}: constitution file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConstitutionError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConstitutionError(f"{path}: expected a mapping with 'name' and 'principles'")
+    data = read_yaml_mapping(path, ConstitutionError, "constitution", "a mapping with 'name' and 'principles'")
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:
         raise ConstitutionError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def read_yaml_mapping(path: Path, error: type[Exception], what: str, expected: str) -> dict:
+    """The mapping in a YAML file (an empty file is an empty mapping); `error` names the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected {expected}")
+    return data
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -14,7 +14,8 @@ matplotlib.use("Agg")  # files only: never a window, works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from evals.report_data import RoundPoint, StepPoint  # noqa: E402
+from evals.report_data import RoundPoint  # noqa: E402
+from training.trainer import StepMetrics  # noqa: E402
 
 NAN = float("nan")
 
@@ -80,7 +81,7 @@ def lengths(chosen: Sequence[int], rejected: Sequence[int], history: Sequence[Ro
     return fig
 
 
-def training(steps: Sequence[StepPoint]) -> Figure:
+def training(steps: Sequence[StepMetrics]) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     x = [s.step for s in steps]
     left.plot(x, [s.loss for s in steps], marker=".")

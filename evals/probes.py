@@ -15,10 +15,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from constitution.loader import Check, format_validation_error
+from constitution.loader import Check, format_validation_error, read_yaml_mapping
 from prompts.loader import BUNDLED_PREFIX, Prompt
 
 
@@ -47,12 +46,7 @@ def load_probe_set(source: str) -> ProbeSet:
         path = Path(str(resources.files("evals") / "probes" / f"{source[len(BUNDLED_PREFIX):]}.yaml"))
     else:
         path = Path(source)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ProbeError(f"{path}: probe file not found") from None
-    except yaml.YAMLError as exc:
-        raise ProbeError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_mapping(path, ProbeError, "probe", "a mapping with 'name', 'check' and 'prompts'")
     try:
         return ProbeSet.model_validate(data)
     except ValidationError as exc:

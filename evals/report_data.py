@@ -8,6 +8,7 @@ from evals.stage import EvalOutcome
 from store.db import Store, StoreError
 from store.rows import RoundRow
 from training.stage import round_preferences
+from training.trainer import StepMetrics
 
 
 class RoundPoint(BaseModel):
@@ -26,15 +27,6 @@ class RoundPoint(BaseModel):
     candidate_pass: dict[str, float]
     baseline_pass: dict[str, float]
     policy_lengths: list[int]  # completion tokens of the round's training samples (the policy's answers)
-
-
-class StepPoint(BaseModel):
-    step: int
-    loss: float
-    reward_chosen: float
-    reward_rejected: float
-    reward_margin: float
-    reward_accuracy: float
 
 
 class ExamplePair(BaseModel):
@@ -58,7 +50,7 @@ class Report(BaseModel):
     audit: dict | None           # the confound audit of the trustworthy pairs (training/audit.py)
     eval: EvalOutcome | None
     history: list[RoundPoint]    # rounds 1..round_index
-    steps: list[StepPoint]
+    steps: list[StepMetrics]
     chosen_lengths: list[int]    # this round's trustworthy pairs, before length balancing
     rejected_lengths: list[int]
     examples: list[ExamplePair]
@@ -80,7 +72,7 @@ def build_report(store: Store, round_index: int, max_examples: int = 8) -> Repor
         train_reason=train.get("reason"), audit=train.get("audit"),
         eval=EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None,
         history=[_round_point(store, r) for r in store.rounds() if r.round_index <= round_index],
-        steps=[StepPoint(**m.model_dump(include=set(StepPoint.model_fields))) for m in steps],
+        steps=[StepMetrics(**m.model_dump(exclude={"run_id"})) for m in steps],
         chosen_lengths=[len(r.chosen_ids) for r in preferences], rejected_lengths=[len(r.rejected_ids) for r in preferences],
         examples=[ExamplePair(prompt=r.prompt, chosen=r.chosen_text, rejected=r.rejected_text, source=r.source,
                               confidence=r.confidence, rationale=r.rationale) for r in examples],

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from constitution.loader import format_validation_error
+from constitution.loader import format_validation_error, read_yaml_mapping
 from judges.openai_judge import OpenAIJudgeSettings
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
@@ -145,16 +144,7 @@ class RoundConfig(_Section):
 
 def load_config(path: str | Path) -> RoundConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections")
+    data = read_yaml_mapping(path, ConfigError, "config", "a mapping of config sections")
     try:
         config = RoundConfig.model_validate(data)
     except ValidationError as exc:
