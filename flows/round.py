@@ -27,13 +27,13 @@ from constitution.loader import Constitution, load_constitution
 from evals.probes import ProbeSet, load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
+from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
 from flows.progress import progress_bar
+from flows.train import launch_training
 from judges.local_logprob import LocalLogprobJudge
 from judges.openai_judge import OpenAIJudge
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
-from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
-from flows.train import launch_training
 from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
 from prompts.loader import Prompt, load_prompts
 from review.agreement import AgreementCheck, check_agreement, human_labels, measure_agreement
