@@ -401,37 +401,9 @@ def compare(
 ) -> None:
     """Held-out comparison of any two stored models: A's win rate, LC win rate, pass rates, lengths."""
     def run() -> None:
-        from evals.stage import eval_prompts, sample_side, score_head_to_head
-        from flows.policy import load_lineage
-        from flows.progress import progress_bar
-        from flows.round import build_judge, select_heldout_prompts
-        from sampling.sampler import TransformersSampler
-        from store.ids import stable_id, stable_int
-        from store.rows import ModelRow
+        from flows.compare import compare_models
 
-        cfg = checked_config(load_config(config), db)
-        constitution = load_constitution(cfg.constitution)
-        heldout = select_heldout_prompts(load_prompts(cfg.prompts.source), cfg.prompts.heldout, cfg.seed)
-        probes = [load_probe_set(source) for source in cfg.eval.probes]
-        prompts = eval_prompts(heldout, probes)
-        params = cfg.sampler.params().model_copy(update={"max_new_tokens": cfg.eval.max_new_tokens})
-        seed = stable_int("compare-seed", cfg.seed) % 2**31
-        eval_id = f"compare-{stable_id(model_a, model_b, seed)}"
-        with Store(cfg.db_path()) as store:
-            known = store.by_ids(ModelRow, [model_a, model_b])
-            for model_id in (model_a, model_b):
-                if model_id not in known:
-                    raise StoreError(f"{store.path} has no model {model_id} (see `rlaif status`)")
-            sides = []
-            for model_id in (model_a, model_b):
-                model, tokenizer = load_lineage(store, model_id)
-                with progress_bar(f"sampling {model_id}") as progress:
-                    sides.append(sample_side(store, TransformersSampler(model, tokenizer), model_id, eval_id, prompts,
-                                             cfg.policy.system_prompt, params, seed, progress))
-                del model
-            judge = build_judge(cfg)
-            with progress_bar("judging (both orders)") as progress:
-                ev = score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress)
+        ev = compare_models(checked_config(load_config(config), db), model_a, model_b)
         table = Table(title=f"{model_a} (A) vs {model_b} (B) on {ev.n} held-out prompts")
         for col in ("metric", "A", "B"):
             table.add_column(col)

@@ -1,0 +1,104 @@
+"""Does the loop make the model better? Online rounds of the bundled support task with SmolLM2 on
+this machine, then the held-out comparison of the last round's policy against round 0 (the base).
+
+    .venv/bin/python benchmarks/outcome.py [--rounds 3] [--train-per-round 48] [--heldout 32] [--out DIR]
+
+Prints per round what was sampled, judged, trained and promoted, then the final comparison (raw and
+length-controlled win rate, per-principle pass rates, mean length, judge consistency), writes the
+HTML report of the last round to DIR/report.html and the comparison to DIR/outcome.json. Sampling
+uses vLLM when `.venv-vllm` exists (`make vllm`), else transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from evals.report import render_html  # noqa: E402
+from evals.report_data import build_report  # noqa: E402
+from flows.compare import compare_models  # noqa: E402
+from flows.config import checked_config, load_config  # noqa: E402
+from flows.loop import rlaif_loop  # noqa: E402
+from store.db import Store  # noqa: E402
+
+
+def write_config(out: Path, args: argparse.Namespace) -> Path:
+    """The demo config at benchmark size (every other field keeps its default)."""
+    config = yaml.safe_load((resources.files("flows") / "demo.yaml").read_text())
+    config["prompts"].update({"train_per_round": args.train_per_round, "heldout": args.heldout})
+    config["sampler"].update({"max_new_tokens": args.max_new_tokens})
+    config["eval"].update({"max_new_tokens": args.max_new_tokens})
+    vllm_python = REPO / ".venv-vllm" / "bin" / "python"
+    config["sampler"]["backend"] = "vllm" if vllm_python.exists() else "transformers"
+    config["sampler"]["vllm"] = {"python": str(vllm_python)}
+    config["store"] = {"path": str(out / "outcome.duckdb")}
+    path = out / "outcome.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-per-round", type=int, default=48)
+    parser.add_argument("--heldout", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "outcome")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    config_path = write_config(args.out, args)
+    config = checked_config(load_config(config_path))
+
+    started = time.perf_counter()
+    rlaif_loop(config_path=str(config_path), rounds=args.rounds)
+    loop_s = time.perf_counter() - started
+    with Store(config.db_path(), read_only=True) as store:
+        rounds = [r for r in store.rounds() if r.status == "finished"][-args.rounds:]
+        base = store.model_chain(rounds[0].policy_id)[0].model_id
+        final = store.current_policy().model_id
+        report = build_report(store, rounds[-1].round_index)
+    (args.out / "report.html").write_text(render_html(report))
+
+    print(f"\n{args.rounds} rounds in {loop_s / 60:.1f} min; per round:")
+    print("round | policy            | pairs | consistent | DPO pairs | LC win | raw win | policy mean tokens | promoted")
+    for point, rnd in zip(report.history[-args.rounds:], rounds):
+        s = rnd.summary_json
+        mean = sum(point.policy_lengths) / len(point.policy_lengths) if point.policy_lengths else float("nan")
+        lc = "-" if point.lc_win_rate is None else f"{point.lc_win_rate:.2f}"
+        raw = "-" if point.win_rate is None else f"{point.win_rate:.2f}"
+        print(f"{rnd.round_index:5d} | {rnd.policy_id:17s} | {s['pairs_judged']:5d} | {s['consistent_pairs']:10d} | "
+              f"{s['train']['n_pairs']:9d} | {lc:>6s} | {raw:>7s} | {mean:18.1f} | {'yes' if point.promoted else 'no'}")
+
+    started = time.perf_counter()
+    outcome = compare_models(config, final, base)
+    print(f"\nround {rounds[-1].round_index} policy {final} vs round 0 {base} on {outcome.n} held-out prompts "
+          f"({(time.perf_counter() - started) / 60:.1f} min):")
+    print(f"  win rate {outcome.win_rate:.3f} (95% CI {outcome.win_rate_low:.2f}-{outcome.win_rate_high:.2f}), "
+          f"W/L/T {outcome.wins}/{outcome.losses}/{outcome.ties}; LC win rate {outcome.lc_win_rate:.3f}; "
+          f"judge position consistency {outcome.consistency:.0%}")
+    print(f"  mean tokens {outcome.candidate.mean_tokens:.1f} vs {outcome.baseline.mean_tokens:.1f} "
+          f"({outcome.candidate.mean_tokens / max(outcome.baseline.mean_tokens, 1e-9) - 1:+.0%})")
+    for pid, rate in outcome.candidate.principle_pass.items():
+        print(f"  pass {pid:24s} {rate:6.0%} vs {outcome.baseline.principle_pass.get(pid, float('nan')):6.0%}")
+    for name, rate in outcome.candidate.probe_pass.items():
+        print(f"  probe {name:23s} {rate:6.0%} vs {outcome.baseline.probe_pass.get(name, float('nan')):6.0%}")
+    (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60,
+                                                       "final": final, "base": base, **outcome.model_dump()}, indent=1))
+    print(f"report: {args.out / 'report.html'}")
+    print(f"RESULT outcome_lc_win_rate_last_vs_round0 {outcome.lc_win_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()

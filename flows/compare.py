@@ -1,0 +1,46 @@
+"""The held-out comparison of any two stored models (`rlaif compare`, `benchmarks/outcome.py`)."""
+
+from __future__ import annotations
+
+from constitution.loader import load_constitution
+from evals.probes import load_probe_set
+from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
+from flows.config import RoundConfig
+from flows.policy import load_lineage
+from flows.progress import progress_bar
+from flows.round import build_judge, select_heldout_prompts
+from prompts.loader import load_prompts
+from sampling.sampler import TransformersSampler
+from store.db import Store, StoreError
+from store.ids import stable_id, stable_int
+from store.rows import ModelRow
+
+
+def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutcome:
+    """A vs B on the config's held-out (and probe) prompts, judged in both orders by its judge.
+
+    Stored under round id `compare-<hash of the two ids and the seed>`: a rerun samples and judges
+    nothing again.
+    """
+    constitution = load_constitution(config.constitution)
+    heldout = select_heldout_prompts(load_prompts(config.prompts.source), config.prompts.heldout, config.seed)
+    probes = [load_probe_set(source) for source in config.eval.probes]
+    prompts = eval_prompts(heldout, probes)
+    params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
+    seed = stable_int("compare-seed", config.seed) % 2**31
+    eval_id = f"compare-{stable_id(model_a, model_b, seed)}"
+    with Store(config.db_path()) as store:
+        known = store.by_ids(ModelRow, [model_a, model_b])
+        for model_id in (model_a, model_b):
+            if model_id not in known:
+                raise StoreError(f"{store.path} has no model {model_id} (see `rlaif status`)")
+        sides = []
+        for model_id in (model_a, model_b):  # one model in memory at a time
+            model, tokenizer = load_lineage(store, model_id)
+            with progress_bar(f"sampling {model_id}") as progress:
+                sides.append(sample_side(store, TransformersSampler(model, tokenizer), model_id, eval_id, prompts,
+                                         config.policy.system_prompt, params, seed, progress))
+            del model
+        judge = build_judge(config)
+        with progress_bar("judging (both orders)") as progress:
+            return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress)
