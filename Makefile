@@ -15,7 +15,7 @@ VLLM_VENV    := .venv-vllm
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup vllm chromium demo test test-fast clean
+.PHONY: setup vllm chromium demo test test-fast bench outcome clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ test: setup vllm chromium
 
 test-fast: setup chromium
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup vllm
+	$(BIN)/python benchmarks/all.py
+
+outcome: setup vllm
+	$(BIN)/python benchmarks/outcome.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) rlaif.duckdb rlaif-artifacts
