@@ -1,7 +1,7 @@
 """Does the loop make the model better? Online rounds of the bundled support task with SmolLM2 on
 this machine, then the held-out comparison of the last round's policy against round 0 (the base).
 
-    .venv/bin/python benchmarks/outcome.py [--rounds 3] [--train-per-round 48] [--heldout 32] [--out DIR]
+    .venv/bin/python benchmarks/outcome.py [--rounds 3] [--train-per-round 64] [--heldout 32] [--out DIR]
 
 Prints per round what was sampled, judged, trained and promoted, then the final comparison (raw and
 length-controlled win rate, per-principle pass rates, mean length, judge consistency), writes the
@@ -52,7 +52,7 @@ def write_config(out: Path, args: argparse.Namespace) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--train-per-round", type=int, default=48)
+    parser.add_argument("--train-per-round", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "outcome")
