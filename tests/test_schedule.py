@@ -1,6 +1,7 @@
 """Scheduling for real: `rlaif server` (a local Prefect server), `rlaif serve` (the nightly
 deployment with its cron), a triggered run that suspends at the review gate, `rlaif review release`
-that resumes it to completion, and the scheduled runs of the next 24 hours."""
+that resumes it to completion, the scheduled runs of the next 24 hours; then `prefect deploy` of
+prefect.yaml's nightly deployment for a process work pool."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from store.db import Store
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -93,6 +95,19 @@ def check_nightly(db: Path, env: dict[str, str]) -> None:
     (next_run,) = wait_for(scheduled, 120, "a scheduled run in the next 24 hours")
     berlin = next_run.expected_start_time.astimezone(ZoneInfo("Europe/Berlin"))
     assert (berlin.hour, berlin.minute) == (3, 0)
+
+    # the same deployment from prefect.yaml, for a process work pool (the README's commands)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    for command in ([prefect, "work-pool", "create", "rlaif", "--type", "process"],
+                    [prefect, "--no-prompt", "deploy", "--name", "nightly"]):
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        deployed = client.read_deployment_by_name("rlaif-loop/nightly")
+    (schedule,) = deployed.schedules
+    assert deployed.work_pool_name == "rlaif" and deployed.entrypoint == "flows/loop.py:rlaif_loop"
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Berlin"
+    assert deployed.parameters == {"config_path": "rlaif.yaml", "rounds": 1}
 
 
 @pytest.mark.slow
