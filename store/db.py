@@ -58,6 +58,7 @@ class Store:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
+        self._activity = ""  # what this process is doing with the file (see note())
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such database (run a round first)")
         if not read_only:
@@ -77,7 +78,6 @@ class Store:
         except duckdb.IOException as exc:
             raise StoreError(self._in_use_message(exc)) from exc
         if not self.read_only:
-            self._activity = getattr(self, "_activity", "")
             self._write_holder()
         return con
 
