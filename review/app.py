@@ -182,8 +182,10 @@ def _add_error_pages(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     def store_busy(request: Request, exc: StoreError) -> Response:
         # A round holds the database (DuckDB: one writing process): nothing was stored; try again later.
+        round_index = request.path_params.get("round_index")
+        back = f"/rounds/{int(round_index)}" if round_index is not None else "/"
         return page("error.html", 503, title="Database busy", message=f"{exc} Nothing was stored; try again later.",
-                    back=str(request.url.path))
+                    back=back)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
