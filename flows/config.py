@@ -7,6 +7,7 @@ means `./rlaif.duckdb` in the working directory (and `--db` on the command line 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from constitution.loader import format_validation_error, read_yaml_mapping
 from judges.openai_judge import OpenAIJudgeSettings
+from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
+from store.rows import AgreementRow
 from training.stage import DataPolicy
 from training.trainer import DPOParams
 
@@ -80,6 +83,10 @@ class ReviewConfig(_Section):
     min_reviewed: int = Field(default=5, ge=0, description="judge-human agreement is checked from this many reviewed pairs")
     min_kappa: float = Field(default=0.2, ge=-1, le=1, description="train only if Cohen's kappa judge vs humans is at least this")
     min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
+
+    def agreement_check(self, rows: Sequence[AgreementRow]) -> AgreementCheck:
+        """The training gate on a round's judge-human agreement rows, with this section's bars."""
+        return check_agreement(rows, self.min_reviewed, self.min_kappa, self.min_accuracy)
 
 
 class TrainingConfig(DPOParams, DataPolicy):

@@ -36,7 +36,7 @@ from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
 from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
 from prompts.loader import Prompt, load_prompts
-from review.agreement import AgreementCheck, check_agreement, human_labels, measure_agreement
+from review.agreement import AgreementCheck, human_labels, measure_agreement
 from review.routing import RoutingCandidate, route_spot_checks
 from review.session import progress as review_progress
 from sampling.sampler import Sampler, TransformersSampler
@@ -93,7 +93,7 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
     threads = set_threads(config.runtime.threads)
     with Store(config.db_path()) as store:
         rnd = begin_round(store, config, constitution, prompts, round_index)
-        if flow_run.id is not None:  # the flow run that works on the round (the loop counts its rounds by it)
+        if flow_run.id is not None:  # who works on the round: the loop counts its rounds by it, a release resumes it
             store.set_flow_run(rnd.round_id, str(flow_run.id))
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
@@ -324,8 +324,7 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
         logger.warning("review gate skipped (review.gate %s, %s): only %s; training goes on with the judge's "
                        "verdicts for the rest", config.review.gate, "deployed" if deployed else "not a deployed run", missing)
         return None
-    if deployed:
-        store.set_flow_run(rnd.round_id, str(flow_run.id))
+    if deployed:  # execute_round recorded this flow run on the round: `rlaif review release` resumes it
         store.set_round_status(rnd.round_id, "waiting_for_review", missing)
         logger.info("round %d suspends until its reviews are done (%s) or `rlaif review release %d`",
                     rnd.round_index, missing, rnd.round_index)
@@ -342,7 +341,7 @@ def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judg
                           candidates, labels) -> AgreementCheck:
     rows = measure_agreement(candidates, labels, rnd.round_id, judge_id, constitution.content_hash)
     store.append(rows)
-    check = check_agreement(rows, config.review.min_reviewed, config.review.min_kappa, config.review.min_accuracy)
+    check = config.review.agreement_check(rows)
     (get_run_logger().info if check.passed else get_run_logger().warning)("judge-human agreement: %s", check.reason)
     return check
 

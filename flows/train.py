@@ -22,7 +22,7 @@ import torch
 
 from flows.config import RoundConfig
 from flows.policy import load_lineage
-from review.agreement import check_agreement, human_labels, measure_agreement
+from review.agreement import human_labels, measure_agreement
 from review.session import progress as review_progress
 from store.db import Store, StoreError
 from store.rows import RoundRow, TrainMetricRow
@@ -115,7 +115,7 @@ def _check_reviews(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: s
     candidates = store.training_candidates(rnd.round_id, judge_id, rnd.constitution_hash)
     labels = human_labels(store.reviews_of_round(rnd.round_id))
     rows = measure_agreement(candidates, labels, rnd.round_id, judge_id, rnd.constitution_hash)
-    check = check_agreement(rows, config.review.min_reviewed, config.review.min_kappa, config.review.min_accuracy)
+    check = config.review.agreement_check(rows)
     if not check.passed:
         raise TrainRefused(check.reason)
 
