@@ -2,6 +2,7 @@
 this machine, then the held-out comparison of the last round's policy against round 0 (the base).
 
     .venv/bin/python benchmarks/outcome.py [--rounds 3] [--train-per-round 64] [--heldout 32] [--out DIR]
+                                           [--set training.confounds=off ...]
 
 Prints per round what was sampled, judged, trained and promoted, then the final comparison (raw and
 length-controlled win rate, per-principle pass rates, mean length, judge consistency), writes the
@@ -44,6 +45,12 @@ def write_config(out: Path, args: argparse.Namespace) -> Path:
     config["sampler"]["backend"] = "vllm" if vllm_python.exists() else "transformers"
     config["sampler"]["vllm"] = {"python": str(vllm_python)}
     config["store"] = {"path": str(out / "outcome.duckdb")}
+    for assignment in args.set:  # section.field=value, the value read as YAML
+        key, _, value = assignment.partition("=")
+        section, _, field = key.partition(".")
+        if not value or not field:
+            raise SystemExit(f"--set {assignment!r}: expected section.field=value")
+        config.setdefault(section, {})[field] = yaml.safe_load(value)
     path = out / "outcome.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -56,6 +63,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "outcome")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one config field (repeatable), e.g. training.mix_rounds=2")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config_path = write_config(args.out, args)
@@ -94,7 +103,7 @@ def main() -> None:
         print(f"  pass {pid:24s} {rate:6.0%} vs {outcome.baseline.principle_pass.get(pid, float('nan')):6.0%}")
     for name, rate in outcome.candidate.probe_pass.items():
         print(f"  probe {name:23s} {rate:6.0%} vs {outcome.baseline.probe_pass.get(name, float('nan')):6.0%}")
-    (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60,
+    (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60, "set": args.set,
                                                        "final": final, "base": base, **outcome.model_dump()}, indent=1))
     print(f"report: {args.out / 'report.html'}")
     print(f"RESULT outcome_lc_win_rate_last_vs_round0 {outcome.lc_win_rate:.3f}")
