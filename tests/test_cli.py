@@ -52,6 +52,12 @@ def test_config_errors_name_the_file_and_field(tmp_path, body, expected):
     assert not (tmp_path / "r.duckdb").exists()
 
 
+def test_bare_off_in_yaml_means_off(tmp_path):
+    """YAML 1.1 reads `off` as false; the config must still mean the string the README documents."""
+    (tmp_path / "rlaif.yaml").write_text("training:\n  confounds: off\n")
+    assert load_config(tmp_path / "rlaif.yaml").training.confounds == "off"
+
+
 def test_constitution_error_names_the_constitution_file(tmp_path):
     (tmp_path / "constitution.yaml").write_text("name: x\nprinciples:\n  - {id: a, text: t}\n  - {id: a, text: u}\n")
     (tmp_path / "rlaif.yaml").write_text("constitution: constitution.yaml\n")
