@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one config field (repeatable), e.g. training.mix_rounds=2")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the config's store path is written absolute: relative ones resolve from the config's folder
     args.out.mkdir(parents=True, exist_ok=True)
     config_path = write_config(args.out, args)
     config = checked_config(load_config(config_path))
