@@ -87,13 +87,12 @@ def main() -> None:
           "verdict: intact / broken / tie-or-invalid")
     shares = []
     for principle in [*BROKEN, OFF_TOPIC]:
-        rows = [(pair_votes, ab, ba) for (p, _), pair_votes, ab, ba
-                in zip(cases, verdicts, judged[0::2], judged[1::2]) if p == principle]
-        votes = [v.votes.get(principle, "n/a") for v, _, _ in rows]
-        scores = [(ab.votes[principle].score + ba.votes[principle].score) / 2
-                  for _, ab, ba in rows if principle in ab.votes and principle in ba.votes]
+        picked = [i for i, (broken_principle, _) in enumerate(cases) if broken_principle == principle]
+        votes = [verdicts[i].votes.get(principle, "n/a") for i in picked]
+        orders = [(judged[2 * i].votes, judged[2 * i + 1].votes) for i in picked]
+        scores = [(ab[principle].score + ba[principle].score) / 2 for ab, ba in orders if principle in ab and principle in ba]
         intact, broken = votes.count("a") / len(votes), votes.count("b") / len(votes)
-        won = [v.winner for v, _, _ in rows]
+        won = [verdicts[i].winner for i in picked]
         shares.append(intact)
         print(f"{principle:18s} | {intact:6.0%} / {broken:6.0%} / {1 - intact - broken:6.0%}"
               f"{'':18s}| {sum(scores) / max(len(scores), 1):+20.3f} | "

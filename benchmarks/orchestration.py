@@ -30,6 +30,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import Task, flow  # noqa: E402
 
+from constitution.loader import load_yaml  # noqa: E402
 import flows.round as round_module  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from store.db import Store  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rlaif-orchestration-"))
-    config = yaml.safe_load((resources.files("flows") / "demo.yaml").read_text())
+    config = load_yaml((resources.files("flows") / "demo.yaml").read_text())
     config["prompts"].update({"train_per_round": args.train_per_round, "heldout": args.heldout})
     config["sampler"]["backend"] = "transformers"
     config["store"] = {"path": str(work / "bench.duckdb")}

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from constitution.loader import load_yaml  # noqa: E402
 from evals.report import render_html  # noqa: E402
 from evals.report_data import build_report  # noqa: E402
 from flows.compare import compare_models  # noqa: E402
@@ -37,7 +38,7 @@ from store.db import Store  # noqa: E402
 
 def write_config(out: Path, args: argparse.Namespace) -> Path:
     """The demo config at benchmark size (every other field keeps its default)."""
-    config = yaml.safe_load((resources.files("flows") / "demo.yaml").read_text())
+    config = load_yaml((resources.files("flows") / "demo.yaml").read_text())
     config["prompts"].update({"train_per_round": args.train_per_round, "heldout": args.heldout})
     config["sampler"].update({"max_new_tokens": args.max_new_tokens})
     config["eval"].update({"max_new_tokens": args.max_new_tokens})
@@ -50,7 +51,7 @@ def write_config(out: Path, args: argparse.Namespace) -> Path:
         section, _, field = key.partition(".")
         if not value or not field:
             raise SystemExit(f"--set {assignment!r}: expected section.field=value")
-        config.setdefault(section, {})[field] = yaml.safe_load(value)
+        config.setdefault(section, {})[field] = load_yaml(value)
     path = out / "outcome.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

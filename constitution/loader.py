@@ -11,6 +11,7 @@ import json
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -114,10 +115,29 @@ def load_constitution(source: str | Path) -> Constitution:
         raise ConstitutionError(f"{path}: {format_validation_error(exc)}") from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as
+    booleans, which would turn `confounds: off` into false; here they stay strings (and pydantic
+    still reads "yes"/"off" as a bool where a field is one)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Every YAML file the project reads (configs, constitutions, probes, prompts) goes through this."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def read_yaml_mapping(path: Path, error: type[Exception], what: str, expected: str) -> dict:
     """The mapping in a YAML file (an empty file is an empty mapping); `error` names the file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise error(f"{path}: {what} file not found") from None
     except yaml.YAMLError as exc:

@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from constitution.loader import load_yaml
 from store.ids import stable_id
 
 BUNDLED_PREFIX = "bundled:"
@@ -48,7 +49,7 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     text = path.read_text()
     try:
         if path.suffix in (".yaml", ".yml"):
-            records = yaml.safe_load(text) or []
+            records = load_yaml(text) or []
             if not isinstance(records, list):
                 raise PromptError(f"{path}: expected a list of prompts")
             numbered = list(enumerate(records, start=1))

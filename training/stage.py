@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from peft import PeftModel
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lm.loading import encode_chat
@@ -29,11 +29,6 @@ class DataPolicy(BaseModel):
         default="balance", description="chosen-longer share outside length_band: drop pairs to fit, refuse, or only record")
     length_band: tuple[float, float] = Field(default=(0.4, 0.6), description="allowed share of pairs where chosen is longer")
     mix_rounds: int = Field(default=0, ge=0, description="also train on the trustworthy pairs of this many earlier rounds")
-
-    @field_validator("confounds", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: object) -> object:
-        return "off" if value is False else value  # YAML 1.1 reads a bare `confounds: off` as false
 
     @model_validator(mode="after")
     def _band(self) -> DataPolicy:
