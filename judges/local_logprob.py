@@ -1,26 +1,46 @@
 """A local judge that reads its verdict from next-token probabilities (no generation).
 
-For every principle without an executable check, the judge model sees the principle, the customer
-message and both replies, and we compare p("A") with p("B") for the token after a forced answer
-prefix. One forward pass per (pair, order, principle), batched; checks decide the rest.
+Three formulations, all one forward pass per request, batched, with checks deciding the rest:
+
+- `principle_ab`: one principle per request, both replies shown; the vote is p("A") - p("B") at
+  the token after a forced answer prefix (in pair terms, so it flips with the order).
+- `pointwise`: one (reply, principle) per request, "does this reply break the principle? yes/no";
+  a pair's vote is p(yes | b) - p(yes | a). The judge never sees two replies side by side, so it
+  cannot prefer a slot: both orders get the same numbers, and a reply shared by several pairs (or
+  by both orders) is scored once.
+- `pointwise_fewshot`: pointwise after worked examples built from the constitution: each principle's
+  example violations (the even positions of `violations`, never the held-out odd ones) answered
+  "yes", neutral endings answered "no".
+
+Prompt layout for prefix caching: everything shared by all requests (instructions, examples) comes
+first, and its key/value cache is computed once per batch shape and reused; the pair comes last.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from constitution.loader import Constitution
+from constitution.loader import Constitution, Principle
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, weighted_score, winner_of
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, rationale_line, weighted_score, winner_of
 from store.ids import stable_id
 
-TEMPLATE_NAME = "pairwise_principle_v1"
+Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
+TEMPLATES: dict[str, str] = {"principle_ab": "pairwise_principle_v2", "pointwise": "pointwise_v1",
+                             "pointwise_fewshot": "pointwise_v1"}
+GENERIC_NEUTRAL_ENDINGS = (
+    "Thank you for your message, and please let me know if there is anything else I can help with.",
+    "I hope this helps, and feel free to write again if you have any other questions at all.",
+    "Thanks again for getting in touch, and have a good rest of your day.",
+)
 
 
 class LocalLogprobJudge:
@@ -32,31 +52,48 @@ class LocalLogprobJudge:
         batch_size: int = 8,
         tie_margin: float = 0.05,
         max_completion_tokens: int = 160,
-        template: JudgeTemplate | None = None,
+        formulation: Formulation = "principle_ab",
     ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.tie_margin, self.max_completion_tokens = batch_size, tie_margin, max_completion_tokens
-        self.template = template or load_template(TEMPLATE_NAME)
+        self.formulation = formulation
+        self.template: JudgeTemplate = load_template(TEMPLATES[formulation])
         settings = {"tie_margin": tie_margin, "max_completion_tokens": max_completion_tokens}
-        self.judge_id = f"local_logprob:{model_name}:{stable_id(settings)[:6]}"
+        suffix = "" if formulation == "principle_ab" else f":{formulation}"  # principle_ab keeps its old ids
+        self.judge_id = f"local_logprob:{model_name}:{stable_id(settings)[:6]}{suffix}"
         self.prompt_version = self.template.version
-        self._verdict_ids = (self._answer_token("A"), self._answer_token("B"))
+        # transformers renamed `past_key_values` to `cache` in 5.2x: use whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+        letters = ("A", "B") if formulation == "principle_ab" else ("yes", "no")
+        self._answer_ids = [self._answer_tokens(letter) for letter in letters]
 
-    def _answer_token(self, letter: str) -> int:
-        """The token id the model would emit for `letter` right after the assistant prefix."""
-        prefix = self._chat_ids("")
-        full = self.tokenizer(self._render_chat("") + letter, add_special_tokens=False)["input_ids"]
-        if full[:len(prefix)] != prefix or len(full) != len(prefix) + 1:
-            raise ValueError(f"answer {letter!r} is not a single token after the judge prompt prefix")
-        return full[-1]
+    # ---- prompts --------------------------------------------------------------------------------
+    def _answer_tokens(self, word: str) -> list[int]:
+        """Single-token spellings of `word` right after the assistant prefix ("yes" and "Yes", ...)."""
+        prefix = self._chat_ids([])
+        found = []
+        for spelling in dict.fromkeys([word, word.capitalize(), word.lower()]):
+            full = self.tokenizer(self._render(self._messages([], "")) + spelling, add_special_tokens=False)["input_ids"]
+            if full[:len(prefix)] == prefix and len(full) == len(prefix) + 1:
+                found.append(full[-1])
+        if not found:
+            raise ValueError(f"answer {word!r} is not a single token after the judge prompt prefix")
+        return found
 
-    def _render_chat(self, user: str) -> str:
-        messages = [{"role": "system", "content": self.template.system}, {"role": "user", "content": user}]
+    def _messages(self, turns: list[tuple[str, str]], user: str | None = None) -> list[dict]:
+        messages = [{"role": "system", "content": self.template.system}]
+        for question, answer in turns:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if user is not None:
+            messages.append({"role": "user", "content": user})
+        return messages
+
+    def _render(self, messages: list[dict], assistant_prefix: str | None = None) -> str:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + self.template.assistant_prefix
+        return text + (self.template.assistant_prefix if assistant_prefix is None else assistant_prefix)
 
-    def _chat_ids(self, user: str) -> list[int]:
-        return self.tokenizer(self._render_chat(user), add_special_tokens=False)["input_ids"]
+    def _chat_ids(self, turns: list[tuple[str, str]], user: str = "") -> list[int]:
+        return self.tokenizer(self._render(self._messages(turns, user)), add_special_tokens=False)["input_ids"]
 
     def _truncate(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -64,6 +101,22 @@ class LocalLogprobJudge:
             return text
         return self.tokenizer.decode(ids[: self.max_completion_tokens]) + " ..."
 
+    def _pointwise_question(self, principle: Principle, message: str, reply: str) -> str:
+        return self.template.user.format(principle=principle.text, prompt=message, response=reply)
+
+    def _examples(self, constitution: Constitution, principles: Sequence[Principle]) -> list[tuple[str, str]]:
+        """Worked (question, answer) turns for pointwise_fewshot: shown violations -> yes, neutral -> no."""
+        if self.formulation != "pointwise_fewshot":
+            return []
+        neutral = list(constitution.neutral_endings) or list(GENERIC_NEUTRAL_ENDINGS)
+        turns = []
+        for i, principle in enumerate(p for p in principles if p.violations):
+            shown = principle.violations[0::2]  # the odd positions are held out for qualification
+            turns.append((self._pointwise_question(principle, "(an example message)", shown[0]), "yes"))
+            turns.append((self._pointwise_question(principle, "(an example message)", neutral[i % len(neutral)]), "no"))
+        return turns
+
+    # ---- judging --------------------------------------------------------------------------------
     def judge(
         self,
         items: Sequence[tuple[PairText, Order]],
@@ -74,79 +127,111 @@ class LocalLogprobJudge:
 
         `progress(done, total)` is called as model forward passes complete.
         """
-        model_principles = [p for p in constitution.principles if p.check is None]
-        # One scoring job per (item, principle): build every prompt, then run them in batches.
-        jobs: list[tuple[int, str, list[int]]] = []
-        for index, (pair, order) in enumerate(items):
-            first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+        model_principles = [p for p in constitution.principles if p.judged]
+        turns = self._examples(constitution, model_principles)
+        # One scoring request per (what the model reads); identical requests are scored once.
+        requests: dict[tuple, list[int]] = {}
+        for pair, order in items:
             for principle in model_principles:
-                user = self.template.user.format(
-                    principle=principle.text, prompt=pair.prompt,
-                    response_a=self._truncate(first), response_b=self._truncate(second),
-                )
-                jobs.append((index, principle.id, self._chat_ids(user)))
+                for key, user in self._requests(pair, order, principle):
+                    if key not in requests:
+                        requests[key] = self._chat_ids(turns, user)
         started = time.perf_counter()
-        slot_probs = self._score([ids for _, _, ids in jobs], progress)
+        keys = list(requests)
+        prefix = self.tokenizer(self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False),
+                                add_special_tokens=False)["input_ids"]
+        probs = dict(zip(keys, self._score([requests[k] for k in keys], prefix, progress)))
         seconds_per_item = (time.perf_counter() - started) / max(len(items), 1)
+        tokens_per_item = sum(len(ids) for ids in requests.values()) // max(len(items), 1)
 
-        probs: list[dict[str, tuple[float, float]]] = [{} for _ in items]
-        tokens = [0] * len(items)
-        for (index, principle_id, ids), p in zip(jobs, slot_probs):
-            probs[index][principle_id] = p
-            tokens[index] += len(ids)
         results = []
-        for index, (pair, order) in enumerate(items):
+        for pair, order in items:
             votes = check_votes(pair, constitution)
+            raw = {}
             for principle in model_principles:
-                p_first, p_second = probs[index][principle.id]
-                slot_score = p_first - p_second                 # > 0 favours whichever reply was shown first
-                score = slot_score if order == "ab" else -slot_score
-                votes[principle.id] = PrincipleVote(
-                    vote=winner_of(score, self.tie_margin), score=score, source="model",
-                    detail=f"p(A)={p_first:.2f} p(B)={p_second:.2f}",
-                )
+                votes[principle.id], raw[principle.id] = self._vote(pair, order, principle, probs)
             score = weighted_score(votes, constitution)
             winner = winner_of(score, self.tie_margin)
-            raw = {pid: {"p_A": round(a, 4), "p_B": round(b, 4)} for pid, (a, b) in probs[index].items()}
-            results.append(
-                OrderJudgment(
-                    order=order, parse_status="ok", winner=winner, score=score, votes=votes,
-                    rationale=_rationale(winner, score, votes, constitution),
-                    raw_response=json.dumps(raw), latency_s=seconds_per_item, prompt_tokens=tokens[index],
-                )
-            )
+            results.append(OrderJudgment(
+                order=order, parse_status="ok", winner=winner, score=score, votes=votes,
+                rationale=rationale_line(winner, score, votes, constitution),
+                raw_response=json.dumps(raw), latency_s=seconds_per_item, prompt_tokens=tokens_per_item,
+            ))
         return results
 
+    def _requests(self, pair: PairText, order: Order, principle: Principle) -> list[tuple[tuple, str]]:
+        if self.formulation == "principle_ab":
+            first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+            user = self.template.user.format(principle=principle.text, prompt=pair.prompt,
+                                             response_a=self._truncate(first), response_b=self._truncate(second))
+            return [(("ab", pair.prompt, first, second, principle.id), user)]
+        return [(("pw", pair.prompt, text, principle.id),
+                 self._pointwise_question(principle, pair.prompt, self._truncate(text))) for text in (pair.text_a, pair.text_b)]
+
+    def _vote(self, pair: PairText, order: Order, principle: Principle, probs: dict) -> tuple[PrincipleVote, dict]:
+        if self.formulation == "principle_ab":
+            first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+            p_first, p_second = probs[("ab", pair.prompt, first, second, principle.id)]
+            slot_score = p_first - p_second                 # > 0 favours whichever reply was shown first
+            score = slot_score if order == "ab" else -slot_score
+            detail = f"p(A)={p_first:.2f} p(B)={p_second:.2f}"
+            raw = {"p_A": round(p_first, 4), "p_B": round(p_second, 4)}
+        else:
+            breaks_a = probs[("pw", pair.prompt, pair.text_a, principle.id)][0]
+            breaks_b = probs[("pw", pair.prompt, pair.text_b, principle.id)][0]
+            score = breaks_b - breaks_a                    # > 0: b breaks it more likely than a
+            detail = f"p(breaks | a)={breaks_a:.2f} p(breaks | b)={breaks_b:.2f}"
+            raw = {"p_breaks_a": round(breaks_a, 4), "p_breaks_b": round(breaks_b, 4)}
+        return PrincipleVote(vote=winner_of(score, self.tie_margin), score=score, source="model", detail=detail), raw
+
     @torch.no_grad()
-    def _score(self, prompts: list[list[int]], progress: Callable[[int, int], None]) -> list[tuple[float, float]]:
-        """(p(A), p(B)) renormalised over the two letters, per prompt. Batched, sorted by length."""
+    def _score(self, prompts: list[list[int]], prefix: list[int],
+               progress: Callable[[int, int], None]) -> list[tuple[float, float]]:
+        """(p(first answer), p(second answer)) renormalised over the two, per prompt.
+
+        Every prompt starts with `prefix` (the shared instructions and examples): its key/value cache
+        is computed once and each batch reads it, so only the per-request tails are run. Tails are
+        right padded; each row's answer distribution is read at its own last token.
+        """
         pad = self.tokenizer.pad_token_id
-        by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if prefix and any(p[:len(prefix)] != prefix for p in prompts):
+            prefix = []  # a tokenizer merged across the boundary: no sharing (correct, only slower)
+        shared = None
+        if prefix:
+            shared = DynamicCache()
+            self.model.base_model(input_ids=torch.tensor([prefix]), use_cache=True, **{self._cache_kw: shared})
+        tails = [p[len(prefix):] for p in prompts]
+        by_length = sorted(range(len(prompts)), key=lambda i: len(tails[i]))
         out: list[tuple[float, float]] = [(0.5, 0.5)] * len(prompts)
         for start in range(0, len(by_length), self.batch_size):
             chunk = by_length[start:start + self.batch_size]
-            width = max(len(prompts[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)      # (b, W) left padded
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            b, width = len(chunk), max(len(tails[i]) for i in chunk)
+            input_ids = torch.full((b, width), pad, dtype=torch.long)                # (b, W) right padded
+            attention = torch.zeros((b, len(prefix) + width), dtype=torch.long)     # (b, P + W)
+            attention[:, :len(prefix)] = 1
             for row, i in enumerate(chunk):
-                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                attention[row, width - len(prompts[i]):] = 1
-            position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                                logits_to_keep=1, use_cache=False).logits[:, -1]          # (b, V)
-            two = torch.softmax(logits[:, list(self._verdict_ids)].float(), dim=-1)      # (b, 2): A, B
+                input_ids[row, :len(tails[i])] = torch.tensor(tails[i])
+                attention[row, len(prefix):len(prefix) + len(tails[i])] = 1
+            position_ids = torch.arange(len(prefix), len(prefix) + width).expand(b, width)
+            cache = None
+            if shared is not None:
+                cache = DynamicCache()
+                for layer, (keys, values) in enumerate(_layers(shared)):
+                    cache.update(keys.expand(b, -1, -1, -1).contiguous(), values.expand(b, -1, -1, -1).contiguous(), layer)
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                                           use_cache=cache is not None, **{self._cache_kw: cache}).last_hidden_state  # (b, W, d)
+            last = torch.tensor([len(tails[i]) - 1 for i in chunk])
+            logits = self.model.get_output_embeddings()(hidden[torch.arange(b), last])         # (b, V): only the answer position
+            probs = torch.softmax(logits.float(), dim=-1)
+            first = probs[:, self._answer_ids[0]].sum(-1)
+            second = probs[:, self._answer_ids[1]].sum(-1)
+            total = (first + second).clamp(min=1e-12)
             for row, i in enumerate(chunk):
-                out[i] = (float(two[row, 0]), float(two[row, 1]))
-            progress(min(start + len(chunk), len(prompts)), len(prompts))
+                out[i] = (float(first[row] / total[row]), float(second[row] / total[row]))
+            progress(min(start + b, len(prompts)), len(prompts))
         return out
 
 
-def _rationale(winner: str, score: float, votes: dict[str, PrincipleVote], constitution: Constitution) -> str:
-    """The preference basis in one line: overall call, then each principle's vote and evidence."""
-    parts = []
-    for principle in constitution.principles:
-        v = votes.get(principle.id)
-        if v is not None:
-            parts.append(f"{principle.id}={v.vote} ({v.detail})")
-    head = "tie" if winner == "tie" else f"{winner} preferred"
-    return f"{head}, weighted score {score:+.2f}: " + "; ".join(parts)
+def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a filled cache, each (1, heads, P, head_dim)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

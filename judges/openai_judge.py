@@ -37,7 +37,7 @@ from judges.templates import JudgeTemplate, load_template
 from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, weighted_score, winner_of
 from store.ids import stable_id, stable_int
 
-TEMPLATE_NAME = "pairwise_json_v1"
+TEMPLATE_NAME = "pairwise_json_v2"
 SlotVote = Literal["A", "B", "tie", "n/a"]
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 
@@ -121,6 +121,7 @@ class OpenAIJudge:
                                                 "principles_per_comparison", "tie_margin", "vote_logprobs"})
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
         self.prompt_version = self.template.version
+        self.tie_margin = settings.tie_margin
         self.spend = _Spend(settings)
         self._client_factory = client_factory or self._default_client
         self._use_schema = settings.structured_output != "json_prompt"
@@ -156,7 +157,7 @@ class OpenAIJudge:
     # ---- one (pair, order) --------------------------------------------------------------------
     def principles_for(self, pair: PairText, constitution: Constitution) -> list[Principle]:
         """Model-judged principles; in Constitutional-AI mode a subset fixed by the pair (both orders see the same)."""
-        judged = [p for p in constitution.principles if p.check is None]
+        judged = [p for p in constitution.principles if p.judged]
         k = self.settings.principles_per_comparison
         if k is None or k >= len(judged):
             return judged

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from constitution.loader import Constitution
-from judges.verdict import Order, OrderJudgment, PairText, combine_orders
+from judges.verdict import Order, OrderJudgment, PairText, combine_orders, without_uncounted
 from store.db import Store
 from store.ids import stable_id
 from store.rows import CompletionRow, JudgmentRow, PairRow, PromptRow, VerdictRow
@@ -17,6 +17,7 @@ Progress = Callable[[int, int], None]
 class PairwiseJudge(Protocol):
     judge_id: str
     prompt_version: str
+    tie_margin: float
 
     def judge(self, items: Sequence[tuple[PairText, Order]], constitution: Constitution,
               progress: Progress = ...) -> list[OrderJudgment]: ...
@@ -34,8 +35,13 @@ def judge_pairs(
     constitution: Constitution,
     pairs: Sequence[PairRow],
     progress: Progress = lambda done, total: None,
+    uncounted: frozenset[str] = frozenset(),
 ) -> dict[str, VerdictRow]:
-    """Judge every pair in both orders (skipping cached judgments) and store their verdicts."""
+    """Judge every pair in both orders (skipping cached judgments) and store their verdicts.
+
+    `uncounted`: model-judged principles the judge did not qualify on. Their votes stay in the
+    judgments (and the judgment cache), but the verdict's winner is decided without them.
+    """
     completions = store.by_ids(CompletionRow, [c for p in pairs for c in (p.completion_a, p.completion_b)])
     prompts = store.by_ids(PromptRow, [p.prompt_id for p in pairs])
     texts = {
@@ -58,13 +64,14 @@ def judge_pairs(
     verdicts = []
     for p in pairs:
         ab, ba = cached[wanted[(p.pair_id, "ab")]], cached[wanted[(p.pair_id, "ba")]]
-        v = combine_orders(_order_judgment(ab), _order_judgment(ba))
+        v = combine_orders(*(without_uncounted(_order_judgment(j), constitution, uncounted, judge.tie_margin) for j in (ab, ba)))
         verdicts.append(VerdictRow(
             pair_id=p.pair_id, judge_id=judge.judge_id, constitution_hash=constitution.content_hash,
             status=v.status, winner=v.winner, consistent=v.consistent, confidence=v.confidence, score=v.score,
             votes_json=v.votes, rationale=v.rationale, judgment_ab=ab.judgment_id, judgment_ba=ba.judgment_id,
+            uncounted=sorted(uncounted),
         ))
-    store.append(verdicts)
+    store.replace(verdicts)  # derived from the judgments: a changed gate recomputes them
     return store.verdicts([p.pair_id for p in pairs], judge.judge_id, constitution.content_hash)
 
 

@@ -65,16 +65,39 @@ def winner_of(score: float, tie_margin: float) -> Literal["a", "b", "tie"]:
     return "tie"
 
 
-def weighted_score(votes: dict[str, PrincipleVote], constitution: Constitution) -> float:
-    """Principle scores weighted by the constitution's weights; n/a principles don't count."""
+def weighted_score(votes: dict[str, PrincipleVote], constitution: Constitution,
+                   uncounted: frozenset[str] = frozenset()) -> float:
+    """Principle scores weighted by the constitution's weights; n/a and `uncounted` principles don't count."""
     total = weight = 0.0
     for principle in constitution.principles:
         vote = votes.get(principle.id)
-        if vote is None or vote.vote == "n/a":
+        if vote is None or vote.vote == "n/a" or principle.id in uncounted:
             continue
         total += principle.weight * vote.score
         weight += principle.weight
     return total / weight if weight else 0.0
+
+
+def rationale_line(winner: str, score: float, votes: dict[str, PrincipleVote], constitution: Constitution) -> str:
+    """The preference basis in one line: overall call, then each principle's vote and evidence."""
+    parts = [f"{p.id}={votes[p.id].vote} ({votes[p.id].detail})" for p in constitution.principles if p.id in votes]
+    head = "tie" if winner == "tie" else f"{winner} preferred"
+    return f"{head}, weighted score {score:+.2f}: " + "; ".join(parts)
+
+
+def without_uncounted(judgment: OrderJudgment, constitution: Constitution, uncounted: frozenset[str],
+                      tie_margin: float) -> OrderJudgment:
+    """The same judgment with the votes of `uncounted` principles kept but left out of its score and winner.
+
+    Qualification (judges/qualification.py) names the principles a judge cannot see; their votes are
+    stored as the judge gave them, and only the principles it can see decide the pair.
+    """
+    if judgment.parse_status != "ok" or not uncounted & judgment.votes.keys():
+        return judgment
+    score = weighted_score(judgment.votes, constitution, uncounted)
+    winner = winner_of(score, tie_margin)
+    note = f" [not counted, judge not qualified: {', '.join(sorted(uncounted & judgment.votes.keys()))}]"
+    return judgment.model_copy(update={"score": score, "winner": winner, "rationale": judgment.rationale + note})
 
 
 def combine_orders(ab: OrderJudgment, ba: OrderJudgment) -> PairVerdict:

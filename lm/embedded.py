@@ -44,7 +44,7 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     # Convert into a temporary sibling and rename, so a crash never leaves a half-written checkpoint.
     staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_NAME}-", dir=target.parent))
     try:
-        _convert_gguf(source, staging)
+        convert_gguf(source, staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first; keep theirs
@@ -55,7 +55,7 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def _convert_gguf(source: Path, out_dir: Path) -> None:
+def convert_gguf(source: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from constitution.loader import load_yaml
-from store.ids import stable_id
+from store.ids import stable_id, stable_int
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -67,3 +67,11 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     if not prompts:
         raise PromptError(f"{path}: no prompts")
     return prompts
+
+
+def select_heldout_prompts(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
+    """The same held-out prompts every round, so rounds are comparable."""
+    heldout = sorted((p for p in prompts if p.split == "heldout"), key=lambda p: stable_int("heldout-order", seed, p.prompt_id))
+    if not heldout:
+        raise ValueError("the prompt source has no heldout prompts")
+    return heldout[:n]

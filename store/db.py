@@ -24,6 +24,7 @@ from store.rows import (
     AgreementRow,
     CompletionRow,
     EvalRow,
+    JudgeQualificationRow,
     ModelRow,
     PairRecord,
     PairRow,
@@ -177,6 +178,19 @@ class Store:
         finally:
             self.con.unregister("_incoming")
 
+    def replace(self, rows: Sequence[Row]) -> int:
+        """Insert rows of one table, replacing rows with the same key: only for derived rows (verdicts,
+        recomputed from the stored judgments when the qualification gate changes what counts)."""
+        if not rows:
+            return 0
+        table = rows[0].table
+        self.con.register("_incoming", pa.Table.from_pylist([_to_record(r) for r in rows]))
+        try:
+            self.con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _incoming")
+        finally:
+            self.con.unregister("_incoming")
+        return len(rows)
+
     def _count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
@@ -303,6 +317,15 @@ class Store:
         for r in rows:
             grouped.setdefault((r.judge_id, r.constitution_hash), []).append(r)
         return grouped
+
+    def qualification(self, judge_id: str, constitution_hash: str, set_hash: str) -> JudgeQualificationRow | None:
+        found = self._select(JudgeQualificationRow, "judge_id = ? AND constitution_hash = ? AND set_hash = ?",
+                             [judge_id, constitution_hash, set_hash])
+        return found[0] if found else None
+
+    def qualifications(self) -> list[JudgeQualificationRow]:
+        """Every stored qualification, newest first."""
+        return self._select(JudgeQualificationRow, order="created_at DESC")
 
     def review_queue(self, round_id: str) -> list[ReviewQueueRow]:
         return self._select(ReviewQueueRow, "round_id = ?", [round_id], "pair_id")

@@ -119,6 +119,21 @@ class VerdictRow(Row):
     rationale: str
     judgment_ab: str
     judgment_ba: str
+    uncounted: list[str] = Field(default_factory=list)  # model-judged principles the judge did not qualify on
+
+
+class JudgeQualificationRow(Row):
+    table: ClassVar[str] = "judge_qualifications"
+    key: ClassVar[tuple[str, ...]] = ("judge_id", "constitution_hash", "set_hash")
+    judge_id: str
+    constitution_hash: str
+    set_hash: str
+    split: Literal["select", "qualify"]
+    mean_sensitivity: float | None
+    position_consistency: float | None
+    slot_bias: float | None
+    result_json: dict[str, Any]  # judges.qualification.QualificationResult
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class ReviewQueueRow(Row):

@@ -14,6 +14,11 @@ contains a fault keyword:
 `service_time_s` adds a fixed delay to every reply (for throughput benchmarks); with
 `reject_json_schema` the server answers 400 to requests that carry a JSON-schema response_format;
 `failure_rate` answers 500 to that share of all requests (drawn from a seeded generator).
+
+`mode` picks how it votes: "shorter" (above), "always_a" (slot A on every principle: a pure slot
+preference), or "sees" (a judge that can see: on each principle, the reply containing one of that
+principle's `violations`, given as {principle id: [texts]}, loses; otherwise a tie). GET /health
+answers 200, as llama.cpp's and vLLM's servers do.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class StubOpenAIServer:
     def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False,
-                 failure_rate: float = 0.0, seed: int = 0):
+                 failure_rate: float = 0.0, seed: int = 0, mode: str = "shorter",
+                 violations: dict[str, list[str]] | None = None, port: int = 0):
+        assert mode in ("shorter", "always_a", "sees"), mode
+        self.mode, self.violations = mode, violations or {}
         self.service_time_s, self.slow_s, self.reject_json_schema = service_time_s, slow_s, reject_json_schema
         self.failure_rate, self.rng, self.failed = failure_rate, random.Random(seed), 0
         self.requests = 0
@@ -38,7 +46,7 @@ class StubOpenAIServer:
         self.authorization: set[str] = set()
         self.lock = threading.Lock()
         ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops connections under load
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -63,6 +71,11 @@ class StubOpenAIServer:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    return self._send(200, {"status": "ok"})
+                self._send(404, {"error": {"message": "not found"}})
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 user = next(m["content"] for m in body["messages"] if m["role"] == "user")
@@ -86,7 +99,9 @@ class StubOpenAIServer:
                     return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}})
                 if "FAULT:slow" in user and nth == 1:
                     time.sleep(server.slow_s)
-                content = json.dumps(_prefer_shorter(user))
+                votes = {"shorter": _prefer_shorter, "always_a": _always_a,
+                         "sees": lambda text: _sees(text, server.violations)}[server.mode](user)
+                content = json.dumps(votes)
                 if "FAULT:truncated" in user:
                     content = content[: len(content) // 2]
                 elif "FAULT:schema" in user and len(body["messages"]) == 2:  # first attempt; the retry has 4 messages
@@ -127,22 +142,58 @@ def _char_logprobs(content: str) -> list[dict]:
     return tokens
 
 
-def _prefer_shorter(user: str) -> dict:
+def _principles_and_replies(user: str) -> tuple[list[str], str, str]:
     ids = re.findall(r"^- ([a-z][a-z0-9_]*): ", user, flags=re.MULTILINE)
     a = user.split("Reply A:\n", 1)[1].split("\n\nReply B:\n", 1)[0]
     b = user.split("\n\nReply B:\n", 1)[1].split("\n\nFor every principle", 1)[0]
+    return ids, a, b
+
+
+def _prefer_shorter(user: str) -> dict:
+    ids, a, b = _principles_and_replies(user)
     slot = "tie" if len(a) == len(b) else ("A" if len(a) < len(b) else "B")
     return {"votes": {pid: slot for pid in ids}, "rationale": f"Reply {slot} is more to the point." if slot != "tie" else "Equal."}
 
 
+def _always_a(user: str) -> dict:
+    ids, _, _ = _principles_and_replies(user)
+    return {"votes": {pid: "A" for pid in ids}, "rationale": "Reply A."}
+
+
+def _sees(user: str, violations: dict[str, list[str]]) -> dict:
+    ids, a, b = _principles_and_replies(user)
+    votes = {}
+    for pid in ids:
+        bad_a = any(v in a for v in violations.get(pid, []))
+        bad_b = any(v in b for v in violations.get(pid, []))
+        votes[pid] = "B" if bad_a and not bad_b else ("A" if bad_b and not bad_a else "tie")
+    return {"votes": votes, "rationale": "The other reply breaks the principle." if set(votes.values()) != {"tie"} else "Equal."}
+
+
 if __name__ == "__main__":
-    # Standalone, so a benchmark's client and this server don't share one Python process (and GIL).
+    # Standalone, so a benchmark's client and this server don't share one Python process (and GIL),
+    # and so a test can have the product start it as a managed judge server.
     import argparse
+    import signal
     import sys
+    from pathlib import Path
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--service-ms", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--mode", default="shorter")
+    parser.add_argument("--constitution", help="with --mode sees: the constitution whose violations it sees")
+    parser.add_argument("--until-killed", action="store_true", help="serve until SIGTERM (a managed judge server)")
     args = parser.parse_args()
-    with StubOpenAIServer(service_time_s=args.service_ms / 1000) as stub:
+    violations = {}
+    if args.constitution:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from constitution.loader import load_constitution
+
+        violations = {p.id: p.violations for p in load_constitution(args.constitution).principles}
+    with StubOpenAIServer(service_time_s=args.service_ms / 1000, mode=args.mode, violations=violations, port=args.port) as stub:
         print(stub.base_url, flush=True)
-        sys.stdin.read()  # serve until the parent closes our stdin
+        if args.until_killed:
+            signal.sigwait({signal.SIGTERM})
+        else:
+            sys.stdin.read()  # serve until the parent closes our stdin

@@ -29,10 +29,10 @@ def test_hash_ignores_formatting_but_not_content(tmp_path):
 
 @pytest.mark.parametrize("body, field", [
     ("name: x\nprinciples:\n  - {id: p1, text: a}\n  - {id: p1, text: b}\n", "duplicate principle id 'p1'"),
-    ("name: x\nprinciples:\n  - {id: p1}\n", "principles.0.text"),
-    ("name: x\nprinciples:\n  - {id: p1, text: a, weight: -1}\n", "principles.0.weight"),
+    ("name: x\nprinciples:\n  - {id: p1}\n", "principles[p1].text"),
+    ("name: x\nprinciples:\n  - {id: p1, text: a, weight: -1}\n", "principles[p1].weight"),
     ("name: x\nprinciples:\n  - {id: p1, text: a, check: {forbidden_patterns: ['(']}}\n", "invalid regex"),
-    ("name: x\nprinciples:\n  - {id: p1, text: a, check: {max_wordz: 3}}\n", "principles.0.check.max_wordz"),
+    ("name: x\nprinciples:\n  - {id: p1, text: a, check: {max_wordz: 3}}\n", "principles[p1].check.max_wordz"),
     ("name: x\nprinciples: []\n", "principles"),
     ("name: [unclosed\n", "not valid YAML"),
 ])

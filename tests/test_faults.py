@@ -103,11 +103,12 @@ def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_roun
     from openai_stub_server import StubOpenAIServer
 
     with StubOpenAIServer(failure_rate=0.3, seed=7) as server:
-        judge = {"kind": "openai", "openai": {"base_url": server.base_url, "model": "stub-judge", "api_key_env": None,
+        judge = {"kind": "openai", "qualify": False, "openai": {"base_url": server.base_url, "model": "stub-judge", "api_key_env": None,
                                                "concurrency": 4, "max_retries": 2, "backoff_base_s": 0.01,
                                                "backoff_max_s": 0.05, "timeout_s": 5}}
         # Only a model-judged principle: the stub's shorter-reply votes decide every pair whose replies differ
         # in length, so enough pairs stay trustworthy to train whichever requests the endpoint fails.
+        # Qualification is off: this test is about faults, and the stub would not qualify on `helpful`.
         constitution = Path(round_config.constitution).with_name("judged-only.yaml")
         constitution.write_text("name: judged-only\nprinciples:\n  - {id: helpful, text: The reply helps the customer., weight: 1}\n")
         config = round_config.model_copy(update={"judge": round_config.judge.model_validate(judge),

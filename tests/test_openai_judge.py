@@ -128,7 +128,7 @@ def test_rlaif_judge_rejudges_a_round_and_judge_stats_compares_judges(tmp_path):
     with StubOpenAIServer() as server:
         for name in ("judge-one", "judge-two"):
             config = tmp_path / f"{name}.yaml"
-            config.write_text(f"judge:\n  kind: openai\n  openai:\n    base_url: {server.base_url}\n    model: {name}\n"
+            config.write_text(f"judge:\n  kind: openai\n  qualify: false\n  openai:\n    base_url: {server.base_url}\n    model: {name}\n"
                               f"    api_key_env: null\n")
             result = runner.invoke(app, ["judge", "--config", str(config), "--round", "1", "--db", str(db)])
             assert result.exit_code == 0, result.output

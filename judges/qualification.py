@@ -1,0 +1,211 @@
+"""Judge qualification: can this judge see each principle before its votes count?
+
+Built from the constitution, so it works for any domain. Each held-out prompt gets one answer from
+the policy; from it we make pairs whose right answer is known, and judge each in both orders:
+
+- violation: the answer + a neutral ending vs the answer + one of the principle's `violations` of
+  about the same length. The intact answer ("a") must win that principle's vote.
+- off_topic (principles with `relevance: true`): the answer vs the answer to another prompt.
+- identical: the answer vs itself. Every model-judged vote must tie; a judge that leans to one slot
+  shows it here directly (slot bias).
+
+`split` picks which half of each principle's violations is used: "qualify" (odd positions, held
+out: what the product stores and gates on) or "select" (even positions: for choosing a formulation,
+and the only ones a few-shot judge may be shown).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from constitution.loader import Constitution, Principle
+from evals.winrate import wilson_interval
+from judges.local_logprob import GENERIC_NEUTRAL_ENDINGS
+from judges.verdict import OrderJudgment, PairText, combine_orders
+from store.ids import stable_id
+
+Split = Literal["select", "qualify"]
+CaseKind = Literal["violation", "off_topic", "identical"]
+CASE_SET_VERSION = "qualification-cases-v1"  # bump when the way cases are built changes
+
+
+class QualificationCase(BaseModel):
+    kind: CaseKind
+    principle_id: str | None  # None for identical pairs (they test every principle)
+    pair: PairText            # text_a is the intact answer
+
+
+class PrincipleQualification(BaseModel):
+    n: int
+    sensitivity: float          # share of pairs whose vote, both orders agreeing, went to the intact answer
+    sensitivity_low: float      # 95% Wilson interval
+    sensitivity_high: float
+    wrong: float                # both orders agreeing on the broken answer
+    flip_rate: float            # the two orders gave opposite decisive votes: the vote followed the slot
+    undecided: float            # everything that is not a decided vote (ties, n/a, disagreeing orders)
+
+
+class QualificationResult(BaseModel):
+    judge_id: str
+    constitution_hash: str
+    set_hash: str
+    split: Split
+    principles: dict[str, PrincipleQualification]
+    position_consistency: float | None  # both orders gave the same vote, over every (case, principle) tested
+    slot_bias: float | None             # identical pairs: mean vote for the first slot, in [-1, 1]
+    identical_tie_rate: float | None    # identical pairs: share of principle votes that tie in both orders
+    pairs: int
+    requests: int                       # (pair, order) judgments asked for
+    seconds: float
+    seconds_per_pair: float
+
+
+class QualificationGate(BaseModel):
+    """What a round does with a qualification: which model-judged principles count."""
+
+    qualified: list[str] = Field(default_factory=list)
+    unqualified: dict[str, str] = Field(default_factory=dict)  # principle id -> why
+
+    @property
+    def uncounted(self) -> frozenset[str]:
+        return frozenset(self.unqualified)
+
+    def describe(self) -> str:
+        if not self.unqualified:
+            return f"qualified on {', '.join(self.qualified) or 'no model-judged principle'}"
+        counted = ", ".join(self.qualified) if self.qualified else "none"
+        why = "; ".join(f"{pid}: {reason}" for pid, reason in self.unqualified.items())
+        return f"model-judged principles counted: {counted}; not counted ({why})"
+
+
+def set_hash(constitution: Constitution, prompts: Sequence[str], answer_source: dict, split: Split) -> str:
+    """The qualification set's identity, known before any answer is sampled (so a cached qualification
+    costs nothing): the case builder, the constitution (its violations), the split, the prompts and
+    what answers them (policy, sampling parameters, seed)."""
+    return stable_id(CASE_SET_VERSION, constitution.content_hash, split, list(prompts), answer_source)[:16]
+
+
+def build_cases(constitution: Constitution, answers: Sequence[tuple[str, str]], split: Split) -> list[QualificationCase]:
+    """Known-answer pairs from (prompt, policy answer) tuples: see the module docstring."""
+    if len(answers) < 2:
+        raise ValueError("qualification needs at least 2 held-out prompts (an off-topic answer comes from another one)")
+    neutral = list(constitution.neutral_endings) or list(GENERIC_NEUTRAL_ENDINGS)
+    cases = []
+    for i, (prompt, answer) in enumerate(answers):
+        answer = answer.strip()
+        for principle in constitution.principles:
+            if not principle.judged:
+                continue
+            held = _half(principle, split)
+            if held:
+                violation = held[i % len(held)]
+                filler = _closest_length(neutral, len(violation))
+                cases.append(QualificationCase(kind="violation", principle_id=principle.id, pair=PairText(
+                    prompt=prompt, text_a=f"{answer} {filler}", text_b=f"{answer} {violation}")))
+            if principle.relevance:
+                other = answers[(i + 1) % len(answers)][1].strip()
+                cases.append(QualificationCase(kind="off_topic", principle_id=principle.id,
+                                               pair=PairText(prompt=prompt, text_a=answer, text_b=other)))
+        cases.append(QualificationCase(kind="identical", principle_id=None,
+                                       pair=PairText(prompt=prompt, text_a=answer, text_b=answer)))
+    return cases
+
+
+def _half(principle: Principle, split: Split) -> list[str]:
+    return principle.violations[1::2] if split == "qualify" else principle.violations[0::2]
+
+
+def _closest_length(texts: Sequence[str], length: int) -> str:
+    return min(texts, key=lambda t: abs(len(t) - length))
+
+
+def qualify(judge, constitution: Constitution, cases: Sequence[QualificationCase], set_id: str, split: Split,
+            progress: Callable[[int, int], None] = lambda done, total: None) -> QualificationResult:
+    """Judge every case in both orders and measure, per principle, whether the vote goes where it must."""
+    items = [(case.pair, order) for case in cases for order in ("ab", "ba")]
+    started = time.perf_counter()
+    judged = judge.judge(items, constitution, progress)
+    seconds = time.perf_counter() - started
+    return measure(judge.judge_id, constitution, cases, judged, set_id, split, seconds)
+
+
+def measure(judge_id: str, constitution: Constitution, cases: Sequence[QualificationCase],
+            judged: Sequence[OrderJudgment], set_id: str, split: Split, seconds: float) -> QualificationResult:
+    model_principles = [p.id for p in constitution.principles if p.judged]
+    outcomes: dict[str, list[str]] = {pid: [] for pid in model_principles}  # intact | broken | flip | undecided
+    same_vote = tested = 0
+    slot_scores: list[float] = []
+    identical_ties = identical_votes = 0
+    for i, case in enumerate(cases):
+        ab, ba = judged[2 * i], judged[2 * i + 1]
+        if ab.parse_status != "ok" or ba.parse_status != "ok":
+            if case.principle_id is not None:
+                outcomes[case.principle_id].append("undecided")
+            continue
+        combined = combine_orders(ab, ba).votes
+        tested_here = [case.principle_id] if case.principle_id else model_principles
+        for pid in tested_here:
+            va, vb = ab.votes.get(pid), ba.votes.get(pid)
+            if va is None or vb is None:
+                continue
+            tested += 1
+            same_vote += va.vote == vb.vote
+            if case.kind == "identical":
+                # pair terms -> slot terms: in order ab slot 1 is a, in ba slot 1 is b
+                slot_scores += [va.score, -vb.score]
+                identical_votes += 1
+                identical_ties += va.vote == "tie" and vb.vote == "tie"
+                continue
+            decided = combined.get(pid)
+            if decided == "a":
+                outcomes[pid].append("intact")
+            elif decided == "b":
+                outcomes[pid].append("broken")
+            elif {va.vote, vb.vote} == {"a", "b"}:
+                outcomes[pid].append("flip")
+            else:
+                outcomes[pid].append("undecided")
+    principles = {}
+    for pid, seen in outcomes.items():
+        if not seen:
+            continue
+        n = len(seen)
+        low, high = wilson_interval(seen.count("intact") / n, n)
+        principles[pid] = PrincipleQualification(
+            n=n, sensitivity=seen.count("intact") / n, sensitivity_low=low, sensitivity_high=high,
+            wrong=seen.count("broken") / n, flip_rate=seen.count("flip") / n,
+            undecided=(seen.count("undecided") + seen.count("flip")) / n)
+    return QualificationResult(
+        judge_id=judge_id, constitution_hash=constitution.content_hash, set_hash=set_id, split=split,
+        principles=principles,
+        position_consistency=same_vote / tested if tested else None,
+        slot_bias=sum(slot_scores) / len(slot_scores) if slot_scores else None,
+        identical_tie_rate=identical_ties / identical_votes if identical_votes else None,
+        pairs=len(cases), requests=len(judged), seconds=seconds, seconds_per_pair=seconds / max(len(cases), 1))
+
+
+def gate(result: QualificationResult | None, constitution: Constitution, min_sensitivity: float,
+         max_slot_bias: float) -> QualificationGate:
+    """Which model-judged principles count. A principle the set could not test (no violations, not
+    relevance) stays unqualified: a judge is trusted on what it was shown to see, not by default."""
+    model_principles = [p.id for p in constitution.principles if p.judged]
+    if result is None:
+        return QualificationGate(qualified=model_principles)  # qualification is switched off
+    out = QualificationGate()
+    biased = result.slot_bias is not None and abs(result.slot_bias) > max_slot_bias
+    for pid in model_principles:
+        found = result.principles.get(pid)
+        if biased:
+            out.unqualified[pid] = f"slot bias {result.slot_bias:+.2f} beyond {max_slot_bias:.2f} on identical answers"
+        elif found is None:
+            out.unqualified[pid] = "not tested (no violations in the constitution)"
+        elif found.sensitivity < min_sensitivity:
+            out.unqualified[pid] = f"sensitivity {found.sensitivity:.0%} < {min_sensitivity:.0%}"
+        else:
+            out.qualified.append(pid)
+    return out
+
