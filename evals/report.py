@@ -48,6 +48,13 @@ def render_markdown(report: Report) -> str:
         for name, rate in ev.candidate.probe_pass.items():
             lines.append(f"| probe: {name} | {rate:.0%} | {_fmt(ev.baseline.probe_pass.get(name), '.0%')} |")
         lines.append("")
+    if report.qualification:
+        q = report.qualification
+        lines += ["## Judge qualification", "", report.judge_gate.describe() if report.judge_gate else "", "",
+                  "| principle | n | sensitivity (95% CI) | flip | undecided |", "|---|---|---|---|---|"]
+        lines += [f"| {pid} | {p.n} | {p.sensitivity:.0%} ({p.sensitivity_low:.0%}-{p.sensitivity_high:.0%}) | "
+                  f"{p.flip_rate:.0%} | {p.undecided:.0%} |" for pid, p in q.principles.items()]
+        lines += ["", f"position consistency {_fmt(q.position_consistency, '.0%')}; slot bias {_fmt(q.slot_bias, '+.2f')}", ""]
     lines += ["## Rounds", "", "| round | status | win rate | LC win rate | position consistency | judge-human kappa | "
               "policy median tokens | promoted |", "|---|---|---|---|---|---|---|---|"]
     for p in report.history:

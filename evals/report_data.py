@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from evals.stage import EvalOutcome
+from judges.qualification import QualificationGate, QualificationResult
 from store.db import Store, StoreError
 from store.rows import RoundRow
 from training.stage import round_preferences
@@ -46,6 +47,8 @@ class Report(BaseModel):
     policy_id: str
     candidate_id: str | None
     judge_id: str | None
+    qualification: QualificationResult | None  # the judge's newest stored qualification for this constitution
+    judge_gate: QualificationGate | None       # which model-judged principles this round counted
     train_reason: str | None
     audit: dict | None           # the confound audit of the trustworthy pairs (training/audit.py)
     eval: EvalOutcome | None
@@ -66,9 +69,13 @@ def build_report(store: Store, round_index: int, max_examples: int = 8) -> Repor
     preferences = round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash) if judge_id else []
     examples = sorted(preferences, key=lambda r: (r.source != "human", -r.confidence))[:max_examples]
     steps = store.train_metrics(train["run_id"]) if train.get("run_id") else []
+    qualification = next((q for q in store.qualifications()
+                          if q.judge_id == judge_id and q.constitution_hash == rnd.constitution_hash), None)
     return Report(
         round_index=rnd.round_index, round_id=rnd.round_id, status=rnd.status, decision=rnd.status_reason or rnd.status,
         policy_id=rnd.policy_id, candidate_id=summary.get("candidate_id"), judge_id=judge_id,
+        qualification=QualificationResult.model_validate(qualification.result_json) if qualification else None,
+        judge_gate=QualificationGate.model_validate(summary["judge_gate"]) if summary.get("judge_gate") else None,
         train_reason=train.get("reason"), audit=train.get("audit"),
         eval=EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None,
         history=[_round_point(store, r) for r in store.rounds() if r.round_index <= round_index],

@@ -62,7 +62,7 @@ def _print_summary(s) -> None:
     table.add_row("pairs judged (both orders)", str(s.pairs_judged))
     table.add_row("position consistency", f"{_pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
     table.add_row("invalid judgments", _pct(s.invalid_rate))
-    table.add_row("judge qualified on", s.judge_gate.describe())
+    table.add_row("judge qualification", s.judge_gate.describe())
     table.add_row("spot-checks queued", str(s.spot_checks_queued))
     table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
     table.add_row("DPO pairs", str(s.train.n_pairs))
@@ -286,6 +286,15 @@ def judge_stats_command(
     _guard(run)()
 
 
+def _print_qualifications(rows) -> None:
+    """Every stored judge qualification: per principle, the share of known-answer pairs it got right."""
+    from flows.tables import qualification_table
+    from judges.qualification import QualificationResult
+
+    for row in rows:
+        console.print(qualification_table(QualificationResult.model_validate(row.result_json)))
+
+
 def _print_judge_stats(store: Store, rnd) -> None:
     from judges.stats import agreement, judge_stats
 
@@ -293,6 +302,8 @@ def _print_judge_stats(store: Store, rnd) -> None:
     if not grouped:
         console.print(f"round {rnd.round_index} has no judged pairs")
         return
+    judges = {judge_id for judge_id, _ in grouped}
+    _print_qualifications([q for q in store.qualifications() if q.judge_id in judges])
     table = Table(title=f"judges on round {rnd.round_index}")
     for col in ("judge", "constitution", "pairs", "position consistency", "ties", "invalid"):
         table.add_column(col)
@@ -344,6 +355,7 @@ def status(db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB fi
             for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
                 console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
                               highlight=False, soft_wrap=True)
+            _print_qualifications(store.qualifications())
             latest = store.agreement(rounds[-1].round_id) if rounds else []
             if latest:
                 detail = Table(title=f"judge-human agreement, round {rounds[-1].round_index}")

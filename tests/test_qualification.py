@@ -114,6 +114,14 @@ def test_a_judge_that_always_answers_a_fails_on_slot_bias_and_its_votes_do_not_c
         # ... but only the length check decides the winner
         check = v.votes_json["short"]
         assert v.winner == (check if check in ("a", "b") else "tie"), v.rationale
+    # status, judge-stats and the report say so
+    runner, db = CliRunner(), str(config.db_path())
+    status = " ".join(runner.invoke(app, ["status", "--db", db], terminal_width=200).output.split())
+    assert "qualification of openai:stub" in status and "│ safe │ 4 │ 0% (0%-49%)" in status and "slot bias +1.00" in status
+    stats = " ".join(runner.invoke(app, ["judge-stats", "--db", db], terminal_width=200).output.split())
+    assert "│ safe │ 4 │ 0% (0%-49%)" in stats
+    report = runner.invoke(app, ["report", str(summary.round_index), "--format", "md", "--db", db]).output
+    assert "## Judge qualification" in report and "not counted" in report and "| safe | 4 | 0% (0%-49%)" in report
 
 
 def test_a_judge_that_sees_qualifies_and_a_second_round_asks_nothing_to_qualify(round_config, tmp_path, prefect_harness):
