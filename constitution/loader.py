@@ -72,8 +72,8 @@ class Principle(BaseModel):
     weight: float = Field(default=1.0, gt=0)
     check: Check | None = None
     # Judge qualification (judges/qualification.py): short texts that break this principle when
-    # appended to a good answer. Even positions may be shown to a judge as examples and used to choose
-    # a formulation; odd positions are held out, and only they qualify a judge.
+    # appended to a good answer. Position 0 may be shown to a judge as an example, the other even
+    # positions choose a formulation; odd positions are held out, and only they qualify a judge.
     violations: list[str] = Field(default_factory=list)
     relevance: bool = Field(default=False, description="an answer to a different message breaks this principle")
 

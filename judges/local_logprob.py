@@ -4,13 +4,9 @@ Three formulations, all one forward pass per request, batched, with checks decid
 
 - `principle_ab`: one principle per request, both replies shown; the vote is p("A") - p("B") at
   the token after a forced answer prefix (in pair terms, so it flips with the order).
-- `pointwise`: one (reply, principle) per request, "does this reply break the principle? yes/no";
-  a pair's vote is p(yes | b) - p(yes | a). The judge never sees two replies side by side, so it
-  cannot prefer a slot: both orders get the same numbers, and a reply shared by several pairs (or
-  by both orders) is scored once.
-- `pointwise_fewshot`: pointwise after worked examples built from the constitution: each principle's
-  example violations (the even positions of `violations`, never the held-out odd ones) answered
-  "yes", neutral endings answered "no".
+- `pointwise` and `pointwise_fewshot` (judges/pointwise.py): one (reply, principle) per request,
+  "does this reply break the principle? yes/no". Both orders get the same numbers, and a reply
+  shared by several pairs (or by both orders) is scored once.
 
 Prompt layout for prefix caching: everything shared by all requests (instructions, examples) comes
 first, and its key/value cache is computed once per batch shape and reused; the pair comes last.
@@ -28,19 +24,15 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from constitution.loader import Constitution, Principle
+from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
 from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, rationale_line, weighted_score, winner_of
 from store.ids import stable_id
 
 Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
-TEMPLATES: dict[str, str] = {"principle_ab": "pairwise_principle_v2", "pointwise": "pointwise_v1",
-                             "pointwise_fewshot": "pointwise_v1"}
-GENERIC_NEUTRAL_ENDINGS = (
-    "Thank you for your message, and please let me know if there is anything else I can help with.",
-    "I hope this helps, and feel free to write again if you have any other questions at all.",
-    "Thanks again for getting in touch, and have a good rest of your day.",
-)
+TEMPLATES: dict[str, str] = {"principle_ab": "pairwise_principle_v2", "pointwise": pointwise.TEMPLATE_NAME,
+                             "pointwise_fewshot": pointwise.TEMPLATE_NAME}
 
 
 class LocalLogprobJudge:
@@ -101,20 +93,10 @@ class LocalLogprobJudge:
             return text
         return self.tokenizer.decode(ids[: self.max_completion_tokens]) + " ..."
 
-    def _pointwise_question(self, principle: Principle, message: str, reply: str) -> str:
-        return self.template.user.format(principle=principle.text, prompt=message, response=reply)
-
     def _examples(self, constitution: Constitution, principles: Sequence[Principle]) -> list[tuple[str, str]]:
-        """Worked (question, answer) turns for pointwise_fewshot: shown violations -> yes, neutral -> no."""
         if self.formulation != "pointwise_fewshot":
             return []
-        neutral = list(constitution.neutral_endings) or list(GENERIC_NEUTRAL_ENDINGS)
-        turns = []
-        for i, principle in enumerate(p for p in principles if p.violations):
-            shown = principle.violations[0::2]  # the odd positions are held out for qualification
-            turns.append((self._pointwise_question(principle, "(an example message)", shown[0]), "yes"))
-            turns.append((self._pointwise_question(principle, "(an example message)", neutral[i % len(neutral)]), "no"))
-        return turns
+        return pointwise.example_turns(self.template, constitution, principles)
 
     # ---- judging --------------------------------------------------------------------------------
     def judge(
@@ -166,23 +148,22 @@ class LocalLogprobJudge:
                                              response_a=self._truncate(first), response_b=self._truncate(second))
             return [(("ab", pair.prompt, first, second, principle.id), user)]
         return [(("pw", pair.prompt, text, principle.id),
-                 self._pointwise_question(principle, pair.prompt, self._truncate(text))) for text in (pair.text_a, pair.text_b)]
+                 pointwise.question(self.template, principle, pair.prompt, self._truncate(text)))
+                for text in (pair.text_a, pair.text_b)]
 
     def _vote(self, pair: PairText, order: Order, principle: Principle, probs: dict) -> tuple[PrincipleVote, dict]:
-        if self.formulation == "principle_ab":
-            first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
-            p_first, p_second = probs[("ab", pair.prompt, first, second, principle.id)]
-            slot_score = p_first - p_second                 # > 0 favours whichever reply was shown first
-            score = slot_score if order == "ab" else -slot_score
-            detail = f"p(A)={p_first:.2f} p(B)={p_second:.2f}"
-            raw = {"p_A": round(p_first, 4), "p_B": round(p_second, 4)}
-        else:
+        if self.formulation != "principle_ab":
             breaks_a = probs[("pw", pair.prompt, pair.text_a, principle.id)][0]
             breaks_b = probs[("pw", pair.prompt, pair.text_b, principle.id)][0]
-            score = breaks_b - breaks_a                    # > 0: b breaks it more likely than a
-            detail = f"p(breaks | a)={breaks_a:.2f} p(breaks | b)={breaks_b:.2f}"
             raw = {"p_breaks_a": round(breaks_a, 4), "p_breaks_b": round(breaks_b, 4)}
-        return PrincipleVote(vote=winner_of(score, self.tie_margin), score=score, source="model", detail=detail), raw
+            return pointwise.pair_vote(breaks_a, breaks_b, self.tie_margin), raw
+        first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+        p_first, p_second = probs[("ab", pair.prompt, first, second, principle.id)]
+        slot_score = p_first - p_second                 # > 0 favours whichever reply was shown first
+        score = slot_score if order == "ab" else -slot_score
+        vote = PrincipleVote(vote=winner_of(score, self.tie_margin), score=score, source="model",
+                             detail=f"p(A)={p_first:.2f} p(B)={p_second:.2f}")
+        return vote, {"p_A": round(p_first, 4), "p_B": round(p_second, 4)}
 
     @torch.no_grad()
     def _score(self, prompts: list[list[int]], prefix: list[int],

@@ -1,7 +1,9 @@
 """A pairwise judge behind any OpenAI-compatible endpoint (OpenAI, `vllm serve`, llama.cpp, ...).
 
-One request per (pair, order): the constitution's model-judged principles are rendered into a
-versioned template and the model answers with per-principle votes and a rationale as JSON.
+Formulation `pairwise_json` (default): one request per (pair, order); the constitution's
+model-judged principles are rendered into a versioned template and the model answers with
+per-principle votes and a rationale as JSON. `pointwise` / `pointwise_fewshot`: one yes/no request
+per (reply, principle), scored from the answer token's logprobs (judges/pointwise.py).
 
 - Structured output: a JSON schema (`response_format`) when the server takes one, else the strict
   JSON prompt alone; either way the reply is validated with pydantic. A reply that fails
@@ -32,9 +34,10 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from constitution.loader import Constitution, Principle
+from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, weighted_score, winner_of
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, rationale_line, weighted_score, winner_of
 from store.ids import stable_id, stable_int
 
 TEMPLATE_NAME = "pairwise_json_v2"
@@ -64,6 +67,9 @@ class OpenAIJudgeSettings(BaseModel):
     tie_margin: float = Field(default=0.05, ge=0, lt=1)
     vote_logprobs: bool = Field(
         default=False, description="ask for token logprobs and score each vote by p(A) - p(B) instead of +-1")
+    formulation: Literal["pairwise_json", "pointwise", "pointwise_fewshot"] = Field(
+        default="pairwise_json", description="pairwise_json: one JSON verdict per (pair, order); pointwise: one "
+        "yes/no question per (reply, principle), scored from the answer token's logprobs (judges/pointwise.py)")
 
 
 class BudgetExhausted(Exception):
@@ -116,9 +122,12 @@ class OpenAIJudge:
     def __init__(self, settings: OpenAIJudgeSettings, template: JudgeTemplate | None = None,
                  client_factory: Callable[[], openai.AsyncOpenAI] | None = None):
         self.settings = settings
-        self.template = template or load_template(TEMPLATE_NAME)
+        pointwise_judge = settings.formulation != "pairwise_json"
+        self.template = template or load_template(pointwise.TEMPLATE_NAME if pointwise_judge else TEMPLATE_NAME)
         identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens",
                                                 "principles_per_comparison", "tie_margin", "vote_logprobs"})
+        if pointwise_judge:  # (pairwise_json keeps the ids judgments were cached under before formulations)
+            identity["formulation"] = settings.formulation
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
         self.prompt_version = self.template.version
         self.tie_margin = settings.tie_margin
@@ -138,6 +147,8 @@ class OpenAIJudge:
         return asyncio.run(self._judge_all(items, constitution, progress))
 
     async def _judge_all(self, items, constitution, progress) -> list[OrderJudgment]:
+        if self.settings.formulation != "pairwise_json":
+            return await self._judge_pointwise(items, constitution, progress)
         client = self._client_factory()
         gate = asyncio.Semaphore(self.settings.concurrency)
         done = [0]
@@ -153,6 +164,67 @@ class OpenAIJudge:
             return list(await asyncio.gather(*(one(item) for item in items)))
         finally:
             await client.close()
+
+    # ---- pointwise: one yes/no request per (reply, principle) -----------------------------------
+    async def _judge_pointwise(self, items, constitution: Constitution, progress) -> list[OrderJudgment]:
+        """Every distinct (message, reply, principle) asked once; both orders of a pair read the same answers."""
+        principles = [p for p in constitution.principles if p.judged]
+        turns = pointwise.example_turns(self.template, constitution, principles) \
+            if self.settings.formulation == "pointwise_fewshot" else []
+        prefix = [{"role": "system", "content": self.template.system}]
+        for asked, answer in turns:  # identical in every request, first: a server's prefix cache reuses it
+            prefix += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
+        keys = list(dict.fromkeys((pair.prompt, text, p.id) for pair, _ in items for p in principles
+                                  for text in (pair.text_a, pair.text_b)))
+        by_id = {p.id: p for p in principles}
+        client, gate, done = self._client_factory(), asyncio.Semaphore(self.settings.concurrency), [0]
+
+        async def ask(key: tuple[str, str, str]) -> tuple[str, float | None, str, dict]:
+            message, reply, pid = key
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+            messages = prefix + [{"role": "user", "content": pointwise.question(self.template, by_id[pid], message, reply)}]
+            async with gate:
+                try:
+                    content, token_logprobs = await self._complete(client, messages, usage, schema=None, max_tokens=1,
+                                                                   top_logprobs=10)
+                except BudgetExhausted as exc:
+                    return "error", None, str(exc), usage
+                except (openai.APIError, httpx.HTTPError) as exc:
+                    return "error", None, f"{type(exc).__name__}: {exc}", usage
+            done[0] += 1
+            progress(done[0], len(keys))
+            p_yes = yes_probability(token_logprobs)
+            return ("ok", p_yes, content or "", usage) if p_yes is not None else \
+                ("invalid", None, f"no yes/no among the answer's top tokens: {content!r}", usage)
+
+        started = time.perf_counter()
+        try:
+            answers = dict(zip(keys, await asyncio.gather(*(ask(k) for k in keys))))
+        finally:
+            await client.close()
+        seconds_per_item = (time.perf_counter() - started) / max(len(items), 1)
+        results = []
+        for pair, order in items:
+            asked = {(p.id, side): answers[(pair.prompt, text, p.id)]
+                     for p in principles for side, text in (("a", pair.text_a), ("b", pair.text_b))}
+            usage = {k: sum(a[3][k] for a in asked.values()) / 2 for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
+            usage["prompt_tokens"], usage["completion_tokens"] = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+            raw = json.dumps({f"{pid}/{side}": a[1] if a[0] == "ok" else a[2] for (pid, side), a in asked.items()})
+            failed = [a for a in asked.values() if a[0] != "ok"]
+            if failed:
+                status = "error" if any(a[0] == "error" for a in failed) else "invalid"
+                results.append(OrderJudgment(order=order, parse_status=status, rationale=failed[0][2], raw_response=raw,
+                                             latency_s=seconds_per_item, **usage))
+                continue
+            votes = check_votes(pair, constitution)
+            for p in principles:
+                votes[p.id] = pointwise.pair_vote(asked[(p.id, "a")][1], asked[(p.id, "b")][1], self.tie_margin)
+            score = weighted_score(votes, constitution)
+            winner = winner_of(score, self.tie_margin)
+            results.append(OrderJudgment(order=order, parse_status="ok", winner=winner, score=score, votes=votes,
+                                         rationale=rationale_line(winner, score, votes, constitution), raw_response=raw,
+                                         latency_s=seconds_per_item, **usage))
+        return results
 
     # ---- one (pair, order) --------------------------------------------------------------------
     def principles_for(self, pair: PairText, constitution: Constitution) -> list[Principle]:
@@ -183,7 +255,9 @@ class OpenAIJudge:
         raw: list[str] = []
         try:
             for attempt in range(2):  # a reply that fails validation gets one retry with the error shown
-                content, token_logprobs = await self._complete(client, messages, principle_ids, usage)
+                content, token_logprobs = await self._complete(
+                    client, messages, usage, schema=response_format(principle_ids), max_tokens=self.settings.max_tokens,
+                    top_logprobs=5 if self.settings.vote_logprobs else None)
                 raw.append(content or "")
                 try:
                     reply = parse_reply(content, schema)
@@ -214,24 +288,24 @@ class OpenAIJudge:
             latency_s=time.perf_counter() - started, **usage,
         )
 
-    async def _complete(self, client, messages: list[dict], principle_ids: tuple[str, ...],
-                        usage: dict) -> tuple[str | None, list | None]:
-        """One chat completion with retries on transport faults; falls back from JSON schema if refused.
+    async def _complete(self, client, messages: list[dict], usage: dict, schema: dict | None, max_tokens: int,
+                        top_logprobs: int | None) -> tuple[str | None, list | None]:
+        """One chat completion with retries on transport faults; falls back from a JSON schema if refused.
 
-        Returns the reply text and, when `vote_logprobs` is on and the server sent them, its token logprobs.
+        Returns the reply text and, when `top_logprobs` was asked for and the server sent them, its token logprobs.
         """
         for attempt in range(self.settings.max_retries + 1):
             self.spend.reserve()
             kwargs = dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
-                          max_tokens=self.settings.max_tokens)
-            if self._use_schema:
-                kwargs["response_format"] = response_format(principle_ids)
-            if self.settings.vote_logprobs:
-                kwargs.update(logprobs=True, top_logprobs=5)
+                          max_tokens=max_tokens)
+            if schema is not None and self._use_schema:
+                kwargs["response_format"] = schema
+            if top_logprobs:
+                kwargs.update(logprobs=True, top_logprobs=top_logprobs)
             try:
                 response = await client.chat.completions.create(**kwargs)
             except openai.BadRequestError:
-                if self._use_schema and self.settings.structured_output == "auto":
+                if schema is not None and self._use_schema and self.settings.structured_output == "auto":
                     self._use_schema = False  # this server takes no JSON schema: the strict prompt alone
                     continue
                 raise
@@ -255,6 +329,19 @@ class OpenAIJudge:
     def _failed(self, order: Order, status: str, reason: str, raw: list[str], started: float, usage: dict) -> OrderJudgment:
         return OrderJudgment(order=order, parse_status=status, rationale=reason, raw_response="\n---\n".join(raw),
                              latency_s=time.perf_counter() - started, **usage)
+
+
+def yes_probability(token_logprobs: list | None) -> float | None:
+    """p("yes") renormalised over yes/no (any case, any leading space) at the answer's first token."""
+    if not token_logprobs:
+        return None
+    mass = {"yes": 0.0, "no": 0.0}
+    for alt in token_logprobs[0].top_logprobs or []:
+        word = alt.token.strip().lower()
+        if word in mass:
+            mass[word] += math.exp(alt.logprob)
+    total = mass["yes"] + mass["no"]
+    return mass["yes"] / total if total > 0 else None
 
 
 def vote_probabilities(token_logprobs: list, principle_ids: Sequence[str]) -> dict[str, tuple[float, float]]:

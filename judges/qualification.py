@@ -9,9 +9,9 @@ the policy; from it we make pairs whose right answer is known, and judge each in
 - identical: the answer vs itself. Every model-judged vote must tie; a judge that leans to one slot
   shows it here directly (slot bias).
 
-`split` picks which half of each principle's violations is used: "qualify" (odd positions, held
-out: what the product stores and gates on) or "select" (even positions: for choosing a formulation,
-and the only ones a few-shot judge may be shown).
+`split` picks which of each principle's violations are used: "qualify" (odd positions, held out:
+what the product stores and gates on) or "select" (even positions from 2 on, or 0 when there is
+none: for choosing a formulation). Position 0 is the one a few-shot judge is shown as an example.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pydantic import BaseModel, Field
 
 from constitution.loader import Constitution, Principle
 from evals.winrate import wilson_interval
-from judges.local_logprob import GENERIC_NEUTRAL_ENDINGS
+from judges.pointwise import neutral_endings
 from judges.verdict import OrderJudgment, PairText, combine_orders
 from store.ids import stable_id
 
 Split = Literal["select", "qualify"]
 CaseKind = Literal["violation", "off_topic", "identical"]
-CASE_SET_VERSION = "qualification-cases-v1"  # bump when the way cases are built changes
+CASE_SET_VERSION = "qualification-cases-v2"  # bump when the way cases are built changes
 
 
 class QualificationCase(BaseModel):
@@ -93,7 +93,7 @@ def build_cases(constitution: Constitution, answers: Sequence[tuple[str, str]], 
     """Known-answer pairs from (prompt, policy answer) tuples: see the module docstring."""
     if len(answers) < 2:
         raise ValueError("qualification needs at least 2 held-out prompts (an off-topic answer comes from another one)")
-    neutral = list(constitution.neutral_endings) or list(GENERIC_NEUTRAL_ENDINGS)
+    neutral = neutral_endings(constitution)
     cases = []
     for i, (prompt, answer) in enumerate(answers):
         answer = answer.strip()
@@ -116,7 +116,9 @@ def build_cases(constitution: Constitution, answers: Sequence[tuple[str, str]], 
 
 
 def _half(principle: Principle, split: Split) -> list[str]:
-    return principle.violations[1::2] if split == "qualify" else principle.violations[0::2]
+    if split == "qualify":
+        return principle.violations[1::2]
+    return principle.violations[2::2] or principle.violations[:1]
 
 
 def _closest_length(texts: Sequence[str], length: int) -> str:

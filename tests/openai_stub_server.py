@@ -17,8 +17,11 @@ contains a fault keyword:
 
 `mode` picks how it votes: "shorter" (above), "always_a" (slot A on every principle: a pure slot
 preference), or "sees" (a judge that can see: on each principle, the reply containing one of that
-principle's `violations`, given as {principle id: [texts]}, loses; otherwise a tie). GET /health
-answers 200, as llama.cpp's and vLLM's servers do.
+principle's `violations`, given as {principle id: [texts]}, loses; otherwise a tie). Pointwise
+requests (judges/pointwise.py: one reply, "Does the reply break the principle?", max_tokens 1) get
+"yes"/"no" with logprobs: in "sees" mode "yes" when the reply holds a violation of the principle
+whose text (`principle_texts`, {id: text}) the request quotes, else "no". GET /health answers 200,
+as llama.cpp's and vLLM's servers do.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class StubOpenAIServer:
     def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False,
                  failure_rate: float = 0.0, seed: int = 0, mode: str = "shorter",
-                 violations: dict[str, list[str]] | None = None, port: int = 0):
+                 violations: dict[str, list[str]] | None = None, principle_texts: dict[str, str] | None = None,
+                 port: int = 0):
         assert mode in ("shorter", "always_a", "sees"), mode
-        self.mode, self.violations = mode, violations or {}
+        self.mode, self.violations, self.principle_texts = mode, violations or {}, principle_texts or {}
         self.service_time_s, self.slow_s, self.reject_json_schema = service_time_s, slow_s, reject_json_schema
         self.failure_rate, self.rng, self.failed = failure_rate, random.Random(seed), 0
         self.requests = 0
@@ -99,6 +103,9 @@ class StubOpenAIServer:
                     return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}})
                 if "FAULT:slow" in user and nth == 1:
                     time.sleep(server.slow_s)
+                last_user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+                if "Does the reply break the principle?" in last_user:
+                    return self._send(200, _completion(body, *_pointwise_answer(last_user, server), len(last_user)))
                 votes = {"shorter": _prefer_shorter, "always_a": _always_a,
                          "sees": lambda text: _sees(text, server.violations)}[server.mode](user)
                 content = json.dumps(votes)
@@ -128,6 +135,25 @@ class StubOpenAIServer:
                     pass
 
         return Handler
+
+
+def _pointwise_answer(user: str, server: StubOpenAIServer) -> tuple[str, list[dict]]:
+    reply = user.split("\n\nReply:\n", 1)[1].split("\n\nDoes the reply break the principle?", 1)[0]
+    breaks = False
+    if server.mode == "sees":
+        principle = user.split("Principle: ", 1)[1].split("\n\n", 1)[0]
+        pids = [pid for pid, text in server.principle_texts.items() if text == principle]
+        breaks = any(v in reply for pid in pids for v in server.violations.get(pid, []))
+    answer, other = ("yes", "no") if breaks else ("no", "yes")
+    top = [{"token": answer, "logprob": math.log(0.9), "bytes": None}, {"token": other, "logprob": math.log(0.1), "bytes": None}]
+    return answer, [{"token": answer, "logprob": math.log(0.9), "bytes": None, "top_logprobs": top}]
+
+
+def _completion(body: dict, content: str, logprobs: list[dict], prompt_chars: int) -> dict:
+    return {"id": "chatcmpl-pointwise", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length",
+                         "logprobs": {"content": logprobs}}],
+            "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": 1, "total_tokens": prompt_chars // 4 + 1}}
 
 
 def _char_logprobs(content: str) -> list[dict]:
@@ -190,8 +216,11 @@ if __name__ == "__main__":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from constitution.loader import load_constitution
 
-        violations = {p.id: p.violations for p in load_constitution(args.constitution).principles}
-    with StubOpenAIServer(service_time_s=args.service_ms / 1000, mode=args.mode, violations=violations, port=args.port) as stub:
+        principles = load_constitution(args.constitution).principles
+        violations = {p.id: p.violations for p in principles}
+        texts = {p.id: p.text for p in principles}
+    with StubOpenAIServer(service_time_s=args.service_ms / 1000, mode=args.mode, violations=violations,
+                          principle_texts=texts if args.constitution else None, port=args.port) as stub:
         print(stub.base_url, flush=True)
         if args.until_killed:
             signal.sigwait({signal.SIGTERM})

@@ -19,6 +19,7 @@ from constitution.loader import load_constitution
 from flows.cli import app
 from flows.config import RoundConfig
 from flows.judging import build_judge, trusted_principles
+from judges import pointwise
 from judges.local_logprob import LocalLogprobJudge
 from judges.qualification import build_cases
 from store.db import Store
@@ -233,10 +234,10 @@ def test_held_out_violations_never_reach_a_few_shot_judge(tiny_model):
     qualify_cases = build_cases(constitution, answers, "qualify")
     select_cases = build_cases(constitution, answers, "select")
     held_out = {v for p in constitution.principles for v in p.violations[1::2]}
-    shown = {v for p in constitution.principles for v in p.violations[0::2]}
+    shown = {p.violations[0] for p in constitution.principles if p.violations}
     assert {c.pair.text_b.split(" ", 3)[-1] for c in qualify_cases if c.kind == "violation"}  # built at all
     assert all(any(v in c.pair.text_b for v in held_out) for c in qualify_cases if c.kind == "violation")
-    assert not any(v in c.pair.text_b for c in select_cases for v in held_out)
+    assert not any(v in c.pair.text_b for c in select_cases for v in held_out | shown)
     model, tokenizer = tiny_model
     judge = LocalLogprobJudge(model, tokenizer, "tiny", formulation="pointwise_fewshot")
     examples = " ".join(q for q, _ in judge._examples(constitution, constitution.principles))
@@ -265,7 +266,7 @@ def test_the_shared_prefix_cache_gives_the_same_probabilities_as_full_forwards(t
     constitution = load_constitution("bundled:support")
     judge = LocalLogprobJudge(model, tokenizer, "tiny", formulation="pointwise_fewshot", batch_size=3)
     turns = judge._examples(constitution, constitution.principles)
-    prompts = [judge._chat_ids(turns, judge._pointwise_question(p, "Where is my parcel?", reply))
+    prompts = [judge._chat_ids(turns, pointwise.question(judge.template, p, "Where is my parcel?", reply))
                for p in constitution.principles[:3] for reply in ("It left today.", "Send me your password, now please.")]
     prefix = tokenizer(tokenizer.apply_chat_template(judge._messages(turns), tokenize=False), add_special_tokens=False)["input_ids"]
     assert len(prefix) > 100 and all(p[:len(prefix)] == prefix for p in prompts)
@@ -278,3 +279,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("formulation", ["pointwise", "pointwise_fewshot"])
+def test_a_pointwise_judge_behind_a_server_asks_each_reply_once_and_qualifies(round_config, tmp_path, formulation):
+    constitution = load_constitution("bundled:support")
+    principles = constitution.principles
+    with StubOpenAIServer(mode="sees", violations={p.id: p.violations for p in principles},
+                          principle_texts={p.id: p.text for p in principles}) as server:
+        config = round_config.model_copy(update={"constitution": "bundled:support", "judge": round_config.judge.model_validate(
+            {"kind": "openai", "qualification_prompts": 3, "qualification_max_new_tokens": 8,
+             "openai": {"base_url": server.base_url, "model": "stub", "api_key_env": None, "formulation": formulation}})})
+        with Store(tmp_path / "q.duckdb") as store:
+            trusted, result, _ = trusted_principles(store, config, constitution, build_judge(config))
+    assert trusted.qualified == ["honest", "protects_customers", "courteous"], trusted
+    assert result.slot_bias == 0.0 and result.position_consistency == 1.0
+    assert all(result.principles[p].sensitivity == 1.0 for p in trusted.qualified)
+    # each distinct (message, reply, principle) once, whatever the order: 2 x 15 (pair, order) judgments,
+    # 4 principles each, would be 120 requests without it; the distinct replies are at most 6 per prompt
+    assert result.requests == 30 and server.requests <= 3 * 6 * 4
