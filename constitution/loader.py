@@ -30,6 +30,11 @@ class Check(BaseModel):
     max_words: int | None = Field(default=None, gt=0)
     forbidden_patterns: list[str] = Field(default_factory=list)
     required_patterns: list[str] = Field(default_factory=list)
+    # content, read against the message being answered (any domain):
+    figures_from_message: bool = Field(
+        default=False, description="every figure in the reply (amounts, dates, times, counts) appears in the message")
+    message_terms: int | None = Field(
+        default=None, gt=0, description="the reply repeats at least this many of the message's content words")
 
     @field_validator("forbidden_patterns", "required_patterns")
     @classmethod
@@ -43,13 +48,23 @@ class Check(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Check:
-        if self.max_words is None and not self.forbidden_patterns and not self.required_patterns:
-            raise ValueError("a check needs max_words, forbidden_patterns or required_patterns")
+        if (self.max_words is None and not self.forbidden_patterns and not self.required_patterns
+                and not self.figures_from_message and self.message_terms is None):
+            raise ValueError("a check needs max_words, forbidden_patterns, required_patterns, "
+                             "figures_from_message or message_terms")
         return self
 
-    def failures(self, text: str) -> list[str]:
-        """Reasons `text` fails this check (empty list = pass)."""
+    def failures(self, text: str, message: str = "") -> list[str]:
+        """Reasons `text`, a reply to `message`, fails this check (empty list = pass)."""
         reasons = []
+        if self.figures_from_message:
+            invented = sorted(set(_figures(text)) - set(_figures(message)))
+            if invented:
+                reasons.append(f"figures not in the message: {', '.join(invented[:5])}")
+        if self.message_terms is not None:
+            shared = _content_words(message) & _content_words(text)
+            if len(shared) < self.message_terms:
+                reasons.append(f"repeats {len(shared)} of the message's content words (< {self.message_terms})")
         if self.max_words is not None:
             words = len(text.split())
             if words > self.max_words:
@@ -63,6 +78,24 @@ class Check(BaseModel):
         ):
             reasons.append("matches none of the required patterns")
         return reasons
+
+
+_FIGURE = re.compile(r"\d+(?:[.,:/]\d+)*")
+_STOPWORDS = frozenset("""about above after again against because before being below between could doing during
+every from further having here hers herself himself into itself just myself other ours ourselves over should some
+such than that their theirs them themselves then there these they this those through under until very what when
+where which while whom with would your yours yourself yourselves hello thanks thank please sorry could would""".split())
+
+
+def _figures(text: str) -> list[str]:
+    """Numbers as written (12, 3.50, 9:14, 03/04), without thousands separators or trailing dots."""
+    return [m.group(0).replace(",", "").rstrip(".") for m in _FIGURE.finditer(text)]
+
+
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words of 4+ letters that carry meaning (no stopwords), a light plural stem."""
+    words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}", text)} - _STOPWORDS
+    return {w[:-1] if w.endswith("s") and len(w) > 4 else w for w in words}
 
 
 class Principle(BaseModel):

@@ -99,6 +99,7 @@ def score_head_to_head(
     rate = sum(scores) / len(scores) if scores else 0.0
     low, high = wilson_interval(rate, len(scores))
     lc = length_controlled_win_rate(scores, length_diffs)
+    messages = {p.prompt_id: p.text for p in heldout}
     heldout_a = [a_by_prompt[p.prompt_id] for p in heldout]
     heldout_b = [b_by_prompt[p.prompt_id] for p in heldout]
     outcome = EvalOutcome(
@@ -106,8 +107,8 @@ def score_head_to_head(
         ties=sum(score == 0.5 for score in scores), win_rate=rate, win_rate_low=low, win_rate_high=high,
         lc_win_rate=lc.lc_win_rate, length_coef=lc.length_coef,
         consistency=sum(v.consistent for _, v in ok) / len(ok) if ok else 0.0,
-        candidate=_model_stats(a_id, heldout_a, "a", [v for _, v in ok], constitution, probes, a_by_prompt),
-        baseline=_model_stats(b_id, heldout_b, "b", [v for _, v in ok], constitution, probes, b_by_prompt),
+        candidate=_model_stats(a_id, heldout_a, "a", [v for _, v in ok], constitution, probes, a_by_prompt, messages),
+        baseline=_model_stats(b_id, heldout_b, "b", [v for _, v in ok], constitution, probes, b_by_prompt, messages),
     )
     store.append([EvalRow(round_id=eval_id, candidate_id=a_id, baseline_id=b_id, metric=name, value=float(value), n=outcome.n)
                   for name, value in eval_metrics(outcome).items()])
@@ -115,12 +116,13 @@ def score_head_to_head(
 
 
 def _model_stats(model_id: str, answers: Sequence[CompletionRow], side: str, verdicts: Sequence[VerdictRow],
-                 constitution: Constitution, probes: Sequence[ProbeSet], by_prompt: dict[str, CompletionRow]) -> ModelStats:
+                 constitution: Constitution, probes: Sequence[ProbeSet], by_prompt: dict[str, CompletionRow],
+                 messages: dict[str, str]) -> ModelStats:
     other = "b" if side == "a" else "a"
     principle_pass = {}
     for principle in constitution.principles:
         if principle.check is not None:
-            passed = [not principle.check.failures(c.text) for c in answers]
+            passed = [not principle.check.failures(c.text, messages[c.prompt_id]) for c in answers]
         else:
             votes = [v.votes_json.get(principle.id) for v in verdicts]
             passed = [vote != other for vote in votes if vote in ("a", "b", "tie")]

@@ -12,8 +12,8 @@ def check_votes(pair: PairText, constitution: Constitution) -> dict[str, Princip
     for principle in constitution.principles:
         if principle.check is None:
             continue
-        fails_a = principle.check.failures(pair.text_a)
-        fails_b = principle.check.failures(pair.text_b)
+        fails_a = principle.check.failures(pair.text_a, pair.prompt)
+        fails_b = principle.check.failures(pair.text_b, pair.prompt)
         if bool(fails_a) == bool(fails_b):
             vote, score = "tie", 0.0
         elif fails_b:

@@ -11,7 +11,7 @@ from judges.verdict import PairText
 
 def test_bundled_constitution_is_valid_and_hashed():
     c = load_constitution("bundled:support")
-    assert 5 <= len(c.principles) <= 8
+    assert 5 <= len(c.principles) <= 12
     assert any(p.check for p in c.principles) and any(p.check is None for p in c.principles)
     assert len(c.content_hash) == 16 and c.content_hash == load_constitution("bundled:support").content_hash
 
@@ -54,3 +54,42 @@ def test_checks_vote_deterministically():
     assert votes["concise"].vote == "tie"  # both under the word limit
     swapped = check_votes(PairText(prompt="q", text_a=bad, text_b=good), c)
     assert swapped["no_placeholders"].vote == "b"
+
+
+@pytest.mark.parametrize("reply, passes", [
+    ("Your order 4471 of 2 mugs is on its way.", True),            # both figures are the customer's
+    ("I refunded $412.37 to your card today.", False),             # an invented amount
+    ("It will arrive on 03/14 at 9:14.", False),                   # an invented date and time
+    ("I will look into your order right away.", True),             # no figures at all
+])
+def test_figures_from_message_catches_invented_specifics(reply, passes):
+    from constitution.loader import Check
+
+    check = Check(figures_from_message=True)
+    message = "Order #4,471 had 2 mugs and one arrived broken. Can you help?"
+    assert (check.failures(reply, message) == []) is passes, check.failures(reply, message)
+
+
+@pytest.mark.parametrize("reply, passes", [
+    ("Sorry about the broken mug; I will send a replacement mug for order 4471.", True),
+    ("Thank you for reaching out. We value you and are always happy to help.", False),  # generic filler
+])
+def test_message_terms_checks_the_reply_names_what_was_asked(reply, passes):
+    from constitution.loader import Check
+
+    check = Check(message_terms=2)
+    message = "One mug in my order arrived broken. Can I get a replacement?"
+    assert (check.failures(reply, message) == []) is passes, check.failures(reply, message)
+
+
+def test_content_checks_work_for_a_second_domain_from_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "name: kitchen\nprinciples:\n  - id: grounded\n    text: No made-up quantities.\n"
+        "    check: {figures_from_message: true}\n  - id: on_topic\n    text: Talks about the dish.\n"
+        "    check: {message_terms: 1}\n")
+    c = load_constitution(tmp_path / "c.yaml")
+    message = "How long do I bake 2 loaves of sourdough?"
+    good = "Bake the 2 sourdough loaves until they sound hollow."
+    grounded, on_topic = (p.check for p in c.principles)
+    assert grounded.failures(good, message) == [] and grounded.failures("Bake at 230 degrees for 45 minutes.", message)
+    assert on_topic.failures(good, message) == [] and on_topic.failures("Happy to help anytime, friend!", message)
