@@ -29,10 +29,9 @@ from rich.console import Console  # noqa: E402
 
 from constitution.loader import load_constitution, load_yaml  # noqa: E402
 from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import build_judge, judge_server, qualification_for  # noqa: E402
+from flows.judging import build_judge, judge_gate, judge_server, qualification_for  # noqa: E402
 from flows.progress import progress_bar  # noqa: E402
 from flows.tables import qualification_table  # noqa: E402
-from judges.qualification import gate  # noqa: E402
 from lm.loading import set_threads  # noqa: E402
 
 
@@ -66,7 +65,7 @@ def main() -> None:
         judge = build_judge(config)
         with progress_bar(f"qualifying ({args.split})") as progress:
             result, _ = qualification_for(None, config, constitution, judge, args.split, progress)
-    trusted = gate(result, constitution, config.judge.min_sensitivity, config.judge.max_slot_bias)
+    trusted = judge_gate(config, constitution, result)
     Console(width=120).print(qualification_table(result, trusted))
     sensitivities = [q.sensitivity for q in result.principles.values()]
     mean = sum(sensitivities) / len(sensitivities) if sensitivities else 0.0

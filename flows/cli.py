@@ -255,10 +255,9 @@ def judge_qualify(
 ) -> None:
     """Can the config's judge see each principle? Measured on held-out violations, stored, and shown."""
     def run() -> None:
-        from flows.judging import build_judge, judge_server, qualification_for
+        from flows.judging import build_judge, judge_gate, judge_server, qualification_for
         from flows.progress import progress_bar
         from flows.tables import qualification_table
-        from judges.qualification import gate
 
         cfg = checked_config(load_config(config), db)
         constitution = load_constitution(cfg.constitution)
@@ -266,7 +265,7 @@ def judge_qualify(
             judge_ = build_judge(cfg)
             with progress_bar("qualifying the judge") as progress:
                 result, measured = qualification_for(store, cfg, constitution, judge_, "qualify", progress)
-        trusted = gate(result, constitution, cfg.judge.min_sensitivity, cfg.judge.max_slot_bias)
+        trusted = judge_gate(cfg, constitution, result)
         console.print(qualification_table(result, trusted))
         console.print(f"{'measured now' if measured else 'stored earlier'}; {escape(trusted.describe())} "
                       f"(judge.min_sensitivity {cfg.judge.min_sensitivity:.0%}, judge.max_slot_bias {cfg.judge.max_slot_bias:.2f})",

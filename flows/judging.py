@@ -120,9 +120,12 @@ def trusted_principles(store: Store, config: RoundConfig, constitution: Constitu
 
 
 def judge_gate(config: RoundConfig, constitution: Constitution, result: QualificationResult | None) -> QualificationGate:
-    """Which model-judged principles count; refuses (JudgeNotQualified) when judge.require_qualified finds none."""
-    found = gate(result, constitution, config.judge.min_sensitivity, config.judge.max_slot_bias)
-    if config.judge.require_qualified and not found.qualified and any(p.judged for p in constitution.principles):
+    """Which model-judged principles count, by the config's bars (all of them when qualification is off)."""
+    return gate(result, constitution, config.judge.min_sensitivity, config.judge.max_slot_bias)
+
+
+def refuse_unqualified(config: RoundConfig, constitution: Constitution, trusted: QualificationGate) -> None:
+    """judge.require_qualified: refuse (JudgeNotQualified) when the judge qualified on no model-judged principle."""
+    if config.judge.require_qualified and not trusted.qualified and any(p.judged for p in constitution.principles):
         raise JudgeNotQualified(f"judge.require_qualified: the judge qualified on no model-judged principle "
-                                f"({found.describe()}); refusing the round before sampling")
-    return found
+                                f"({trusted.describe()}); refusing the round before sampling")

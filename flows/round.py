@@ -27,7 +27,7 @@ from constitution.loader import Constitution, load_constitution
 from evals.probes import ProbeSet, load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
-from flows.judging import build_judge, judge_server, trusted_principles
+from flows.judging import build_judge, judge_server, refuse_unqualified, trusted_principles
 from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
 from flows.progress import progress_bar
 from flows.train import launch_training
@@ -124,6 +124,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
 
     note("qualifying the judge")
     trusted = qualify_judge(store, config, constitution, judge)
+    refuse_unqualified(config, constitution, trusted)  # judge.require_qualified: before anything is sampled
     policy, tokenizer = load_policy(store, rnd.policy_id)
     train_prompts = select_train_prompts(prompts, config.prompts.train_per_round, rnd.round_index, config.seed)
     heldout = select_heldout_prompts(prompts, config.prompts.heldout, config.seed)
@@ -226,8 +227,7 @@ def load_judge(config: RoundConfig) -> PairwiseJudge:
 @task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
 def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution, judge: PairwiseJudge) -> QualificationGate:
     """Which model-judged principles this judge's votes count on: its stored qualification for this
-    constitution, or a new one measured now (once per judge and constitution). Refuses the round here,
-    before sampling, when judge.require_qualified is set and nothing qualifies."""
+    constitution, or a new one measured now (once per judge and constitution)."""
     logger = get_run_logger()
     with progress_bar("qualifying the judge") as progress:
         trusted, result, measured = trusted_principles(store, config, constitution, judge, progress)
