@@ -47,6 +47,7 @@ class PrincipleQualification(BaseModel):
     wrong: float                # both orders agreeing on the broken answer
     flip_rate: float            # the two orders gave opposite decisive votes: the vote followed the slot
     undecided: float            # everything that is not a decided vote (ties, n/a, disagreeing orders)
+    mean_score: float = 0.0     # the vote's score towards the intact answer, both orders averaged (> 0: right way)
 
 
 class QualificationResult(BaseModel):
@@ -139,6 +140,7 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
             judged: Sequence[OrderJudgment], set_id: str, split: Split, seconds: float) -> QualificationResult:
     model_principles = [p.id for p in constitution.principles if p.judged]
     outcomes: dict[str, list[str]] = {pid: [] for pid in model_principles}  # intact | broken | flip | undecided
+    scores: dict[str, list[float]] = {pid: [] for pid in model_principles}
     same_vote = tested = 0
     slot_scores: list[float] = []
     identical_ties = identical_votes = 0
@@ -162,6 +164,7 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
                 identical_votes += 1
                 identical_ties += va.vote == "tie" and vb.vote == "tie"
                 continue
+            scores[pid].append((va.score + vb.score) / 2)  # pair terms: > 0 favours a, the intact answer
             decided = combined.get(pid)
             if decided == "a":
                 outcomes[pid].append("intact")
@@ -180,7 +183,8 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
         principles[pid] = PrincipleQualification(
             n=n, sensitivity=seen.count("intact") / n, sensitivity_low=low, sensitivity_high=high,
             wrong=seen.count("broken") / n, flip_rate=seen.count("flip") / n,
-            undecided=(seen.count("undecided") + seen.count("flip")) / n)
+            undecided=(seen.count("undecided") + seen.count("flip")) / n,
+            mean_score=sum(scores[pid]) / len(scores[pid]) if scores[pid] else 0.0)
     return QualificationResult(
         judge_id=judge_id, constitution_hash=constitution.content_hash, set_hash=set_id, split=split,
         principles=principles,
