@@ -83,14 +83,27 @@ def main() -> None:
     (args.out / "report.html").write_text(render_html(report))
 
     print(f"\n{args.rounds} rounds in {loop_s / 60:.1f} min; per round:")
-    print("round | policy            | pairs | consistent | DPO pairs | LC win | raw win | policy mean tokens | promoted")
+    print("round | policy            | pairs | consistent | qualified principles | DPO pairs | chosen longer | "
+          "LC win | raw win (95% CI) | policy mean tokens | promoted")
+    per_round = []
     for point, rnd in zip(report.history[-args.rounds:], rounds):
         s = rnd.summary_json
         mean = sum(point.policy_lengths) / len(point.policy_lengths) if point.policy_lengths else float("nan")
         lc = "-" if point.lc_win_rate is None else f"{point.lc_win_rate:.2f}"
-        raw = "-" if point.win_rate is None else f"{point.win_rate:.2f}"
+        raw = "-" if point.win_rate is None else f"{point.win_rate:.2f} ({point.win_rate_low:.2f}-{point.win_rate_high:.2f})"
+        qualified = (s.get("judge_gate") or {}).get("qualified", [])
+        longer = ((s["train"].get("audit") or {}).get("chosen_longer_share"))
         print(f"{rnd.round_index:5d} | {rnd.policy_id:17s} | {s['pairs_judged']:5d} | {s['consistent_pairs']:10d} | "
-              f"{s['train']['n_pairs']:9d} | {lc:>6s} | {raw:>7s} | {mean:18.1f} | {'yes' if point.promoted else 'no'}")
+              f"{', '.join(qualified) or '-':20s} | {s['train']['n_pairs']:9d} | "
+              f"{'-' if longer is None else f'{longer:.0%}':>13s} | {lc:>6s} | {raw:>16s} | {mean:18.1f} | "
+              f"{'yes' if point.promoted else 'no'}")
+        per_round.append({"round": rnd.round_index, "pairs_judged": s["pairs_judged"], "consistent_pairs": s["consistent_pairs"],
+                          "qualified_principles": qualified, "trained_pairs": s["train"]["n_pairs"],
+                          "chosen_longer_share": longer, "lc_win_rate": point.lc_win_rate, "win_rate": point.win_rate,
+                          "win_rate_ci": [point.win_rate_low, point.win_rate_high], "policy_mean_tokens": mean,
+                          "promoted": point.promoted})
+    judge_id = rounds[-1].summary_json.get("judge_id")
+    trusted = (rounds[-1].summary_json.get("judge_gate") or {}).get("qualified", [])
 
     started = time.perf_counter()
     outcome = compare_models(config, final, base)
@@ -106,7 +119,9 @@ def main() -> None:
     for name, rate in outcome.candidate.probe_pass.items():
         print(f"  probe {name:23s} {rate:6.0%} vs {outcome.baseline.probe_pass.get(name, float('nan')):6.0%}")
     (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60, "set": args.set,
-                                                       "final": final, "base": base, **outcome.model_dump()}, indent=1))
+                                                       "final": final, "base": base, "judge": judge_id,
+                                                       "trusted_principles": trusted, "per_round": per_round,
+                                                       **outcome.model_dump()}, indent=1))
     print(f"report: {args.out / 'report.html'}")
     print(f"RESULT outcome_lc_win_rate_last_vs_round0 {outcome.lc_win_rate:.3f}")
 

@@ -65,9 +65,11 @@ class JudgeConfig(_Section):
     # local_logprob: a local transformers model, verdict read from next-token probabilities
     model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
     formulation: Formulation = Field(
-        default="principle_ab", description="local judge: principle_ab | pointwise | pointwise_fewshot (judges/local_logprob.py)")
+        default="pointwise_fewshot",
+        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in README)")
     batch_size: int = Field(default=8, gt=0)
-    tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
+    tie_margin: float = Field(default=0.02, ge=0, lt=1, description="|score| below this is a tie (0.02: chosen on the "
+                              "qualification's select split for SmolLM2 pointwise_fewshot, see README)")
     max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
     # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
     openai: OpenAIJudgeSettings | None = None

@@ -42,9 +42,9 @@ class LocalLogprobJudge:
         tokenizer: PreTrainedTokenizerBase,
         model_name: str,
         batch_size: int = 8,
-        tie_margin: float = 0.05,
+        tie_margin: float = 0.02,
         max_completion_tokens: int = 160,
-        formulation: Formulation = "principle_ab",
+        formulation: Formulation = "pointwise_fewshot",
     ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.tie_margin, self.max_completion_tokens = batch_size, tie_margin, max_completion_tokens
