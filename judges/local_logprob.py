@@ -80,12 +80,17 @@ class LocalLogprobJudge:
             messages.append({"role": "user", "content": user})
         return messages
 
-    def _render(self, messages: list[dict], assistant_prefix: str | None = None) -> str:
+    def _render(self, messages: list[dict]) -> str:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + (self.template.assistant_prefix if assistant_prefix is None else assistant_prefix)
+        return text + self.template.assistant_prefix
 
     def _chat_ids(self, turns: list[tuple[str, str]], user: str = "") -> list[int]:
         return self.tokenizer(self._render(self._messages(turns, user)), add_special_tokens=False)["input_ids"]
+
+    def _prefix_ids(self, turns: list[tuple[str, str]]) -> list[int]:
+        """The tokens every request starts with: the instructions and the worked examples."""
+        text = self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _truncate(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -120,9 +125,7 @@ class LocalLogprobJudge:
                         requests[key] = self._chat_ids(turns, user)
         started = time.perf_counter()
         keys = list(requests)
-        prefix = self.tokenizer(self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False),
-                                add_special_tokens=False)["input_ids"]
-        probs = dict(zip(keys, self._score([requests[k] for k in keys], prefix, progress)))
+        probs = dict(zip(keys, self._score([requests[k] for k in keys], self._prefix_ids(turns), progress)))
         seconds_per_item = (time.perf_counter() - started) / max(len(items), 1)
         tokens_per_item = sum(len(ids) for ids in requests.values()) // max(len(items), 1)
 
@@ -174,26 +177,26 @@ class LocalLogprobJudge:
         is computed once and each batch reads it, so only the per-request tails are run. Tails are
         right padded; each row's answer distribution is read at its own last token.
         """
-        pad = self.tokenizer.pad_token_id
+        pad, device = self.tokenizer.pad_token_id, self.model.device
         if prefix and any(p[:len(prefix)] != prefix for p in prompts):
             prefix = []  # a tokenizer merged across the boundary: no sharing (correct, only slower)
         shared = None
         if prefix:
             shared = DynamicCache()
-            self.model.base_model(input_ids=torch.tensor([prefix]), use_cache=True, **{self._cache_kw: shared})
+            self.model.base_model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **{self._cache_kw: shared})
         tails = [p[len(prefix):] for p in prompts]
         by_length = sorted(range(len(prompts)), key=lambda i: len(tails[i]))
         out: list[tuple[float, float]] = [(0.5, 0.5)] * len(prompts)
         for start in range(0, len(by_length), self.batch_size):
             chunk = by_length[start:start + self.batch_size]
             b, width = len(chunk), max(len(tails[i]) for i in chunk)
-            input_ids = torch.full((b, width), pad, dtype=torch.long)                # (b, W) right padded
-            attention = torch.zeros((b, len(prefix) + width), dtype=torch.long)     # (b, P + W)
+            input_ids = torch.full((b, width), pad, dtype=torch.long, device=device)             # (b, W) right padded
+            attention = torch.zeros((b, len(prefix) + width), dtype=torch.long, device=device)  # (b, P + W)
             attention[:, :len(prefix)] = 1
             for row, i in enumerate(chunk):
-                input_ids[row, :len(tails[i])] = torch.tensor(tails[i])
+                input_ids[row, :len(tails[i])] = torch.tensor(tails[i], device=device)
                 attention[row, len(prefix):len(prefix) + len(tails[i])] = 1
-            position_ids = torch.arange(len(prefix), len(prefix) + width).expand(b, width)
+            position_ids = torch.arange(len(prefix), len(prefix) + width, device=device).expand(b, width)
             cache = None
             if shared is not None:
                 cache = DynamicCache()
@@ -201,8 +204,8 @@ class LocalLogprobJudge:
                     cache.update(keys.expand(b, -1, -1, -1).contiguous(), values.expand(b, -1, -1, -1).contiguous(), layer)
             hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                                            use_cache=cache is not None, **{self._cache_kw: cache}).last_hidden_state  # (b, W, d)
-            last = torch.tensor([len(tails[i]) - 1 for i in chunk])
-            logits = self.model.get_output_embeddings()(hidden[torch.arange(b), last])         # (b, V): only the answer position
+            last = torch.tensor([len(tails[i]) - 1 for i in chunk], device=device)
+            logits = self.model.get_output_embeddings()(hidden[torch.arange(b, device=device), last])         # (b, V): only the answer position
             probs = torch.softmax(logits.float(), dim=-1)
             first = probs[:, self._answer_ids[0]].sum(-1)
             second = probs[:, self._answer_ids[1]].sum(-1)

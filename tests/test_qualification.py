@@ -268,7 +268,7 @@ def test_the_shared_prefix_cache_gives_the_same_probabilities_as_full_forwards(t
     turns = judge._examples(constitution, constitution.principles)
     prompts = [judge._chat_ids(turns, pointwise.question(judge.template, p, "Where is my parcel?", reply))
                for p in constitution.principles[:3] for reply in ("It left today.", "Send me your password, now please.")]
-    prefix = tokenizer(tokenizer.apply_chat_template(judge._messages(turns), tokenize=False), add_special_tokens=False)["input_ids"]
+    prefix = judge._prefix_ids(turns)
     assert len(prefix) > 100 and all(p[:len(prefix)] == prefix for p in prompts)
     cached = judge._score(prompts, prefix, lambda d, t: None)
     full = judge._score(prompts, [], lambda d, t: None)
