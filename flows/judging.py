@@ -26,7 +26,7 @@ from judges.server import running_judge_server
 from judges.stage import PairwiseJudge
 from lm.loading import base_checkpoint, load_model, load_tokenizer
 from prompts.loader import load_prompts, select_heldout_prompts
-from sampling.sampler import SampleRequest, TransformersSampler, sample
+from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
 from store.db import Store
 from store.ids import stable_id
 from store.rows import JudgeQualificationRow
@@ -60,21 +60,24 @@ def judge_server(config: RoundConfig) -> Iterator[None]:
         yield
 
 
-def qualification_set(config: RoundConfig, constitution: Constitution, split: Split) -> tuple[str, list[str], dict]:
-    """(set hash, prompts, answer source): known without sampling, so a stored result is found for free."""
+def _answer_params(config: RoundConfig) -> SamplingParams:
+    return config.sampler.params().model_copy(update={"n": 1, "max_new_tokens": config.judge.qualification_max_new_tokens})
+
+
+def qualification_set(config: RoundConfig, constitution: Constitution, split: Split) -> tuple[str, list[str]]:
+    """(set hash, prompts): known without sampling, so a stored result is found for free."""
     prompts = [p.text for p in select_heldout_prompts(load_prompts(config.prompts.source),
                                                       config.judge.qualification_prompts, config.seed)]
-    params = config.sampler.params().model_copy(update={"n": 1, "max_new_tokens": config.judge.qualification_max_new_tokens})
-    source = {"policy": stable_id("base", config.policy.path or "embedded"), "system": config.policy.system_prompt,
-              "params": params.model_dump(mode="json"), "seed": config.seed}
-    return set_hash(constitution, prompts, source, split), prompts, source
+    answered_by = {"policy": stable_id("base", config.policy.path or "embedded"), "system": config.policy.system_prompt,
+                   "params": _answer_params(config).model_dump(mode="json"), "seed": config.seed}
+    return set_hash(constitution, prompts, answered_by, split), prompts
 
 
 def policy_answers(config: RoundConfig, prompts: list[str]) -> list[str]:
     """One answer per prompt from the base policy (the same set every round, whatever was promoted)."""
     checkpoint = base_checkpoint(config.policy.path)
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
-    params = config.sampler.params().model_copy(update={"n": 1, "max_new_tokens": config.judge.qualification_max_new_tokens})
+    params = _answer_params(config)
     requests = [SampleRequest(key=str(i), system=config.policy.system_prompt, user=p) for i, p in enumerate(prompts)]
     answers = {c.key: c.text.strip() for c in sample(TransformersSampler(model, tokenizer), requests, params, config.seed)}
     return [answers[str(i)] or "(no answer)" for i in range(len(prompts))]
@@ -87,7 +90,7 @@ def qualification_for(store: Store | None, config: RoundConfig, constitution: Co
 
     Returns (result, measured now). With `store=None` nothing is looked up or stored (benchmarks).
     """
-    sid, prompts, _ = qualification_set(config, constitution, split)
+    sid, prompts = qualification_set(config, constitution, split)
     if store is not None:
         row = store.qualification(judge.judge_id, constitution.content_hash, sid)
         if row is not None:
