@@ -97,10 +97,14 @@ def test_demo_runs_a_real_round_and_status_reports_it(tmp_path):
     assert rnd.status == "finished"
     assert counts["prompts"] == 220 and counts["completions"] >= 32 and counts["pairs"] >= 16
     assert counts["judgments"] >= 32 and counts["verdicts"] >= 16 and counts["review_queue"] >= 1
-    assert counts["models"] >= 1
-    if rnd.summary_json["train"]["trained"]:
-        assert counts["train_metrics"] >= 1 and counts["models"] == 2
-        assert abs(rnd.summary_json["train"]["first_loss"] - 0.693147) < 1e-4
+    # the whole loop with every trust gate on: the judge is qualified (once), a candidate is trained,
+    # evaluated, and promotion is decided
+    assert counts["judge_qualifications"] == 1
+    assert rnd.summary_json["train"]["trained"], rnd.summary_json["train"]["reason"]
+    assert counts["train_metrics"] >= 1 and counts["models"] == 2 and counts["evals"] >= 1
+    assert abs(rnd.summary_json["train"]["first_loss"] - 0.693147) < 1e-4
+    for label in ("judge qualification", "length-controlled win rate"):
+        assert label in result.stdout
     status = run_rlaif("status", cwd=tmp_path)
     assert status.returncode == 0 and "round-0001" not in status.stderr
     assert "finished" in status.stdout and "review_queue" in status.stdout

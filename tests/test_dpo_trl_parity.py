@@ -42,6 +42,9 @@ class _Logs(TrainerCallback):
             self.steps.append(dict(logs))
 
 
+LABEL_SMOOTHING = {"robust": 0.1}  # robust DPO's assumed flip rate (with 0 it is the sigmoid loss)
+
+
 def _train_both(loss_type: str, model_dir: str, out_dir: str) -> dict:
     """Train STEPS steps with each trainer; their per-step metrics and initial adapters."""
     from datasets import Dataset
@@ -55,7 +58,8 @@ def _train_both(loss_type: str, model_dir: str, out_dir: str) -> dict:
     pairs = make_pairs(tokenizer, STEPS * BATCH)
     params = DPOParams(loss_type=loss_type, beta=BETA, learning_rate=LR, lr_schedule="constant", warmup_ratio=0,
                        batch_size=BATCH, max_steps=STEPS, max_grad_norm=1.0, shuffle=False, group_by_length=False,
-                       reference="forward", lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0)
+                       reference="forward", lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0,
+                       label_smoothing=LABEL_SMOOTHING.get(loss_type, 0.0))
     ours_model = add_lora(load_model(model_dir), params, seed=SEED)
     ours_init = {k: v.clone() for k, v in get_peft_model_state_dict(ours_model).items()}
     ours = train_dpo(ours_model, pairs, params, tokenizer.pad_token_id, seed=SEED).metrics
@@ -66,7 +70,7 @@ def _train_both(loss_type: str, model_dir: str, out_dir: str) -> dict:
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
         bf16=False, activation_checkpointing=False, use_cpu=True, train_sampling_strategy="sequential",
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=SEED,
-        beta=BETA, loss_type=[loss_type], max_length=None,
+        beta=BETA, loss_type=[loss_type], max_length=None, label_smoothing=LABEL_SMOOTHING.get(loss_type, 0.0),
     )
     # Same LoraConfig as add_lora; TRL seeds (set_seed(args.seed)) right before get_peft_model, as add_lora does.
     lora = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -100,12 +104,12 @@ def test_trl_gets_the_same_lora_modules_and_initial_weights(loss_type, tiny_mode
         assert torch.equal(tensor, r["trl_init"][name]), name
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "robust"])
 def test_loss_grad_norm_and_lr_match_trl_step_by_step(loss_type, tiny_model_dir, tmp_path_factory):
     r = runs(loss_type, tiny_model_dir, tmp_path_factory)
     ours, trl = r["ours"], r["trl"]
     assert len(ours) == len(trl) == STEPS
-    assert ours[0].loss == pytest.approx(math.log(2) if loss_type == "sigmoid" else (1 / (2 * BETA)) ** 2, abs=1e-6)
+    assert ours[0].loss == pytest.approx(math.log(2) if loss_type in ("sigmoid", "robust") else (1 / (2 * BETA)) ** 2, abs=1e-6)
     for step, (m, logged) in enumerate(zip(ours, trl)):
         assert m.loss == pytest.approx(logged["loss"], abs=TOL), step
         assert m.grad_norm == pytest.approx(logged["grad_norm"], abs=TOL), step

@@ -9,6 +9,9 @@ the variants are (as in TRL, so the two can be compared number for number):
 
     sigmoid  -log sigmoid(beta h)                   Bradley-Terry, the DPO paper; with label
              smoothing e (conservative DPO): -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)
+    robust   (-(1-e) log sigmoid(beta h) + e log sigmoid(-beta h)) / (1 - 2e)
+             robust DPO (Chowdhury et al. 2024, https://arxiv.org/abs/2403.00409): an unbiased loss
+             when a share e of the preference labels is flipped (a noisy judge); e = label_smoothing
     hinge    max(0, 1 - beta h)                      SLiC
     ipo      (h - 1 / (2 beta))^2                     IPO (Azar et al. 2023); its log-probs are
              averaged over completion tokens instead of summed, as in the paper and TRL
@@ -32,7 +35,7 @@ class DPOLossOutput(NamedTuple):
     rejected_rewards: torch.Tensor  # (B,) beta * (logp_pi(r) - logp_ref(r)), detached
 
 
-LossType = Literal["sigmoid", "ipo", "hinge"]
+LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
 
 
 def dpo_loss(
@@ -50,6 +53,9 @@ def dpo_loss(
     margin = chosen_logratios - rejected_logratios                      # (B,) h
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * margin) * (1 - label_smoothing) - F.logsigmoid(-beta * margin) * label_smoothing
+    elif loss_type == "robust":
+        losses = (-F.logsigmoid(beta * margin) * (1 - label_smoothing)
+                  + F.logsigmoid(-beta * margin) * label_smoothing) / (1 - 2 * label_smoothing)
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * margin)
     elif loss_type == "ipo":

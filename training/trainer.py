@@ -30,7 +30,8 @@ class DPOParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     loss_type: LossType = "sigmoid"
     beta: float = Field(default=0.1, gt=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="sigmoid only (conservative DPO)")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5,
+                                   description="sigmoid: conservative DPO; robust: the assumed share of flipped labels")
     learning_rate: float = Field(default=5e-4, gt=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="share of steps with a linear warm-up")
