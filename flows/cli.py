@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from constitution.loader import ConstitutionError, bundled_constitution_path, load_constitution
-from evals.probes import ProbeError, load_probe_set
+from evals.probes import ProbeError
 from flows.config import ConfigError, RoundConfig, checked_config, load_config
 from flows.judging import JudgeNotQualified
-from prompts.loader import PromptError, load_prompts
+from prompts.loader import PromptError
 from judges.server import JudgeServerError
 from review.session import ReviewError
 from store.db import Store, StoreError
