@@ -27,7 +27,7 @@ from constitution.loader import Constitution, Principle
 from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, rationale_line, weighted_score, winner_of
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, scored_judgment, winner_of
 from store.ids import stable_id
 
 Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
@@ -131,17 +131,11 @@ class LocalLogprobJudge:
 
         results = []
         for pair, order in items:
-            votes = check_votes(pair, constitution)
-            raw = {}
+            votes, raw = check_votes(pair, constitution), {}
             for principle in model_principles:
                 votes[principle.id], raw[principle.id] = self._vote(pair, order, principle, probs)
-            score = weighted_score(votes, constitution)
-            winner = winner_of(score, self.tie_margin)
-            results.append(OrderJudgment(
-                order=order, parse_status="ok", winner=winner, score=score, votes=votes,
-                rationale=rationale_line(winner, score, votes, constitution),
-                raw_response=json.dumps(raw), latency_s=seconds_per_item, prompt_tokens=tokens_per_item,
-            ))
+            results.append(scored_judgment(order, votes, constitution, self.tie_margin, raw_response=json.dumps(raw),
+                                           latency_s=seconds_per_item, prompt_tokens=tokens_per_item))
         return results
 
     def _requests(self, pair: PairText, order: Order, principle: Principle) -> list[tuple[tuple, str]]:

@@ -37,7 +37,7 @@ from constitution.loader import Constitution, Principle
 from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, rationale_line, weighted_score, winner_of
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, scored_judgment, weighted_score, winner_of
 from store.ids import stable_id, stable_int
 
 TEMPLATE_NAME = "pairwise_json_v2"
@@ -219,11 +219,8 @@ class OpenAIJudge:
             votes = check_votes(pair, constitution)
             for p in principles:
                 votes[p.id] = pointwise.pair_vote(asked[(p.id, "a")][1], asked[(p.id, "b")][1], self.tie_margin)
-            score = weighted_score(votes, constitution)
-            winner = winner_of(score, self.tie_margin)
-            results.append(OrderJudgment(order=order, parse_status="ok", winner=winner, score=score, votes=votes,
-                                         rationale=rationale_line(winner, score, votes, constitution), raw_response=raw,
-                                         latency_s=seconds_per_item, **usage))
+            results.append(scored_judgment(order, votes, constitution, self.tie_margin, raw_response=raw,
+                                           latency_s=seconds_per_item, **usage))
         return results
 
     # ---- one (pair, order) --------------------------------------------------------------------

@@ -85,6 +85,15 @@ def rationale_line(winner: str, score: float, votes: dict[str, PrincipleVote], c
     return f"{head}, weighted score {score:+.2f}: " + "; ".join(parts)
 
 
+def scored_judgment(order: Order, votes: dict[str, PrincipleVote], constitution: Constitution, tie_margin: float,
+                    **fields) -> OrderJudgment:
+    """An `ok` judgment from every principle's vote: the weighted score, its winner and the one-line rationale."""
+    score = weighted_score(votes, constitution)
+    winner = winner_of(score, tie_margin)
+    return OrderJudgment(order=order, parse_status="ok", winner=winner, score=score, votes=votes,
+                         rationale=rationale_line(winner, score, votes, constitution), **fields)
+
+
 def without_uncounted(judgment: OrderJudgment, constitution: Constitution, uncounted: frozenset[str],
                       tie_margin: float) -> OrderJudgment:
     """The same judgment with the votes of `uncounted` principles kept but left out of its score and winner.

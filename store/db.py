@@ -163,33 +163,27 @@ class Store:
 
         Returns the number of rows actually inserted.
         """
-        if not rows:
-            return 0
-        table = rows[0].table
-        if any(r.table != table for r in rows):
-            raise ValueError("append() takes rows of a single table")
-        records = [_to_record(r) for r in rows]
-        batch = pa.Table.from_pylist(records)
-        self.con.register("_incoming", batch)
-        try:
-            before = self._count(table)
-            self.con.execute(f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM _incoming")
-            return self._count(table) - before
-        finally:
-            self.con.unregister("_incoming")
+        return self._insert(rows, "IGNORE")
 
     def replace(self, rows: Sequence[Row]) -> int:
         """Insert rows of one table, replacing rows with the same key: only for derived rows (verdicts,
         recomputed from the stored judgments when the qualification gate changes what counts)."""
+        return self._insert(rows, "REPLACE")
+
+    def _insert(self, rows: Sequence[Row], on_conflict: str) -> int:
+        """One Arrow batch `INSERT OR <on_conflict>`; returns how many rows the table grew by."""
         if not rows:
             return 0
         table = rows[0].table
+        if any(r.table != table for r in rows):
+            raise ValueError("append() and replace() take rows of a single table")
         self.con.register("_incoming", pa.Table.from_pylist([_to_record(r) for r in rows]))
         try:
-            self.con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _incoming")
+            before = self._count(table)
+            self.con.execute(f"INSERT OR {on_conflict} INTO {table} BY NAME SELECT * FROM _incoming")
+            return self._count(table) - before
         finally:
             self.con.unregister("_incoming")
-        return len(rows)
 
     def _count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
