@@ -58,13 +58,21 @@ def load_tokenizer(checkpoint: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(checkpoint: Path, adapters: Sequence[Path] = (), dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Base weights with each adapter merged in order: the weights of a promoted policy.
+def default_device() -> torch.device:
+    """Where models run: this process's GPU when there is one (under `accelerate launch` each process
+    has its own), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_model(checkpoint: Path, adapters: Sequence[Path] = (), dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> PreTrainedModel:
+    """Base weights with each adapter merged in order: the weights of a promoted policy, on `device`
+    (default: the GPU when there is one). fp32: training asks for bf16 autocast itself.
 
     Merging in memory keeps one code path for every later stage (sampling, judging, training a
     fresh adapter on top); for 135M parameters on CPU it takes well under a second.
     """
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device or default_device())
     for adapter in adapters:
         from peft import PeftModel
 

@@ -26,6 +26,10 @@ class CompletionBatch:
     completion_ids: torch.Tensor   # (B, C) long, the completion tokens (pad where masked)
     completion_mask: torch.Tensor  # (B, C) float, 1 exactly on completion tokens
 
+    def to(self, device: torch.device) -> CompletionBatch:
+        return CompletionBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                                        self.completion_ids, self.completion_mask)))
+
 
 def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> CompletionBatch:
     assert len(prompts) == len(completions) and prompts, "one completion per prompt"
@@ -47,7 +51,9 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
 
 
 def sequence_logps(model: torch.nn.Module, batch: CompletionBatch) -> torch.Tensor:
-    """Sum over completion tokens of log p(token | everything before it). Returns (B,) float32."""
+    """Sum over completion tokens of log p(token | everything before it). Returns (B,) float32, on
+    the model's device (the batch is moved there)."""
+    batch = batch.to(next(model.parameters()).device)
     C = batch.completion_ids.shape[1]
     out = model(
         input_ids=batch.input_ids,

@@ -115,7 +115,9 @@ def generate_batch(
         input_ids[i, P - len(p):] = torch.tensor(p)
         attention_mask[i, P - len(p):] = 1
 
-    torch.manual_seed(batch.seed)
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    torch.manual_seed(batch.seed)  # seeds the CUDA generators too
     greedy = params.temperature == 0
     decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
     out = model.generate(
