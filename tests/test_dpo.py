@@ -238,3 +238,27 @@ def test_training_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_ru
     assert [m.loss for m in resumed.metrics] == pytest.approx([m.loss for m in whole.metrics[2:]], abs=1e-6)
     for name, tensor in get_peft_model_state_dict(resumed_model).items():
         assert torch.allclose(tensor, uninterrupted[name], atol=1e-6), name
+
+
+def test_confidence_weighting_gives_a_zero_confidence_pair_no_pull(tiny_model_dir):
+    """One step on [zero-confidence pair, sure pair] with confidence weighting = one step on the sure
+    pair alone: the weights (0, 2) cancel the mean over two pairs. Unweighted, the step differs."""
+    from peft import get_peft_model_state_dict
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    unsure, sure = make_pairs(tokenizer, 2)
+    unsure = unsure.model_copy(update={"confidence": 0.0})
+    sure = sure.model_copy(update={"confidence": 0.3})
+    params = DPOParams(batch_size=2, epochs=1, lora_r=4, learning_rate=1e-2, warmup_ratio=0, shuffle=False)
+
+    def one_step(pairs, **update):
+        model = add_lora(load_model(tiny_model_dir), params, seed=0)
+        train_dpo(model, pairs, params.model_copy(update=update), tokenizer.pad_token_id)
+        return get_peft_model_state_dict(model)
+
+    alone = one_step([sure], batch_size=1)
+    weighted = one_step([unsure, sure], pair_weighting="confidence")
+    unweighted = one_step([unsure, sure])
+    for name, tensor in alone.items():
+        assert torch.allclose(weighted[name], tensor, atol=1e-6), name
+    assert any(not torch.allclose(unweighted[name], tensor, atol=1e-4) for name, tensor in alone.items())

@@ -105,7 +105,8 @@ def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTr
     return [
         AuditedPair(pair=PreferencePair(pair_id=r.pair_id, prompt_ids=encode_chat(tokenizer, system_prompt, r.prompt),
                                         chosen_ids=r.chosen_ids, rejected_ids=r.rejected_ids,
-                                        chosen_sampled_logp=r.chosen_logp, rejected_sampled_logp=r.rejected_logp),
+                                        chosen_sampled_logp=r.chosen_logp, rejected_sampled_logp=r.rejected_logp,
+                                        confidence=r.confidence),
                     chosen_text=r.chosen_text, rejected_text=r.rejected_text)
         for r in records
     ]

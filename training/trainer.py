@@ -47,6 +47,8 @@ class DPOParams(BaseModel):
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     bf16: bool = Field(default=False, description="GPU: bfloat16 autocast through accelerate")
     gradient_checkpointing: bool = False
+    pair_weighting: Literal["none", "confidence"] = Field(
+        default="none", description="confidence: weight each pair's loss by its verdict's confidence (mean weight 1)")
     reference: Literal["auto", "forward"] = Field(
         default="auto", description="auto: reuse the log-probs recorded at sampling when a forward check agrees")
     reference_check_pairs: int = Field(default=4, ge=1, description="pairs recomputed to check recorded log-probs")
@@ -65,6 +67,9 @@ class PreferencePair(BaseModel):
     # summed log-probs recorded when the round's policy sampled these completions (= the reference)
     chosen_sampled_logp: float | None = None
     rejected_sampled_logp: float | None = None
+    # how strongly the judge prefers chosen (verdict confidence: the smaller |score| of the two orders;
+    # 1 for a human label); used by pair_weighting = confidence
+    confidence: float = Field(default=1.0, ge=0)
 
 
 class StepMetrics(BaseModel):
@@ -154,6 +159,21 @@ def choose_reference(model: PeftModel, pairs: Sequence[PreferencePair], params: 
                                      checked_pairs=len(check), mean_token_gap=gap)
 
 
+def pair_weights(pairs: Sequence[PreferencePair], weighting: str) -> torch.Tensor:
+    """Per-pair loss weights (N,), mean 1 so the learning rate means the same with or without them.
+
+    With confidence weighting a pair the judge barely prefers (both orders just past the tie margin)
+    pulls the policy less than one every principle agrees on: a noisy judge's near-ties are where
+    its flips live.
+    """
+    if weighting == "none":
+        return torch.ones(len(pairs))
+    confidence = torch.tensor([p.confidence for p in pairs], dtype=torch.float32)  # (N,)
+    if float(confidence.sum()) == 0.0:
+        return torch.ones(len(pairs))
+    return confidence * len(pairs) / confidence.sum()
+
+
 def num_steps(n_pairs: int, params: DPOParams) -> int:
     steps = params.epochs * math.ceil(n_pairs / params.batch_size)
     return min(steps, params.max_steps) if params.max_steps else steps
@@ -201,7 +221,8 @@ def train_dpo(
 ) -> TrainResult:
     """Train the adapter in place; metrics of each step are measured before its update.
 
-    Runs as is on one CPU, and under `accelerate launch` on several processes or GPUs: each step's
+    Runs where `model` is: on one CPU (fp32), on a GPU (bf16 autocast if `params.bf16`), and under
+    `accelerate launch` on several processes or GPUs: each step's
     pairs are split over the processes (rank r takes every world-th pair), each process scales its
     loss so that DDP's gradient average equals the gradient of the mean loss over the whole step,
     and logged metrics are reduced over processes.
@@ -209,23 +230,30 @@ def train_dpo(
     from accelerate import Accelerator
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if params.bf16 else "no")
+    on_cpu = next(model.parameters()).device.type == "cpu"  # train where the model was loaded
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision="bf16" if params.bf16 and not on_cpu else "no")
     world, rank = accelerator.num_processes, accelerator.process_index
     if params.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    (ref_chosen, ref_rejected), reference = choose_reference(model, pairs, params, pad_id, seed)   # (N,), (N,)
-    ipo = params.loss_type == "ipo"
-    chosen_len = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float32)     # (N,)
-    rejected_len = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.float32)  # (N,)
-
     steps = plan_steps(pairs, params, seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=0.0)
     warmup = int(params.warmup_ratio * len(steps))
     scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, len(steps)) if params.lr_schedule == "cosine"
                  else get_constant_schedule_with_warmup(optimizer, warmup))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the model is on accelerator.device from here
+    device = accelerator.device
+
+    # Every tensor the loss meets lives on `device`. The reference is computed there too, under the
+    # policy forwards' autocast, so that policy = reference at step 0 also holds in bf16 (loss log 2).
+    with accelerator.autocast():
+        (ref_chosen, ref_rejected), reference = choose_reference(accelerator.unwrap_model(model), pairs, params, pad_id, seed)
+    ref_chosen, ref_rejected = ref_chosen.to(device), ref_rejected.to(device)                          # (N,), (N,)
+    ipo = params.loss_type == "ipo"
+    chosen_len = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float32, device=device)     # (N,)
+    rejected_len = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.float32, device=device)  # (N,)
+    weights = pair_weights(pairs, params.pair_weighting).to(device)                                     # (N,)
     first_step = _load_checkpoint(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler)
 
     model.train()
@@ -247,14 +275,14 @@ def train_dpo(
             with accelerator.no_sync(model) if not last and world > 1 else nullcontext():  # sync grads once per step
                 with accelerator.autocast():
                     policy_chosen, policy_rejected = pair_logps(model, [pairs[i] for i in rows], pad_id)  # (b,), (b,)
-                idx = torch.tensor(rows)
+                idx = torch.tensor(rows, device=device)
                 pc, pr, rc, rr = policy_chosen, policy_rejected, ref_chosen[idx], ref_rejected[idx]
                 if ipo:  # IPO compares token-averaged log-probs
                     pc, rc = pc / chosen_len[idx], rc / chosen_len[idx]
                     pr, rr = pr / rejected_len[idx], rr / rejected_len[idx]
                 losses = dpo_loss(pc, pr, rc, rr, params.beta, params.loss_type, params.label_smoothing).losses
-                weight = 0.0 if filler else world / len(batch)   # DDP averages: mean over the step
-                accelerator.backward(losses.sum() * weight)
+                scale = 0.0 if filler else world / len(batch)   # DDP averages: mean over the step
+                accelerator.backward((losses * weights[idx]).sum() * scale)
             if filler:
                 continue
             # Rewards are logged from summed log-ratios for every loss type (as TRL does), so runs compare.
@@ -269,7 +297,7 @@ def train_dpo(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        total = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+        total = accelerator.reduce(sums.to(device), reduction="sum").cpu()
         n = float(total[4])
         m = StepMetrics(step=step, loss=float(total[0]) / n, reward_chosen=float(total[1]) / n,
                         reward_rejected=float(total[2]) / n, reward_margin=float(total[1] - total[2]) / n,
