@@ -6,18 +6,19 @@ from constitution.loader import load_constitution
 from evals.probes import load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
-from flows.policy import load_lineage
+from flows.policy import model_sampler
 from flows.progress import progress_bar
 from flows.judging import build_judge, judge_server, trusted_principles
 from prompts.loader import load_prompts, select_heldout_prompts
-from sampling.sampler import TransformersSampler
+from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import ModelRow
 
 
 def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutcome:
-    """A vs B on the config's held-out (and probe) prompts, judged in both orders by its judge.
+    """A vs B on the config's held-out (and probe) prompts, sampled with the config's sampling
+    backend and judged in both orders by its judge.
 
     Stored under round id `compare-<hash of the two ids and the seed>`: a rerun samples and judges
     nothing again.
@@ -34,13 +35,13 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
         for model_id in (model_a, model_b):
             if model_id not in known:
                 raise StoreError(f"{store.path} has no model {model_id} (see `rlaif status`)")
+        backend, _ = choose_backend(config.sampler.backend, config.sampler.vllm)
         sides = []
-        for model_id in (model_a, model_b):  # one model in memory at a time
-            model, tokenizer = load_lineage(store, model_id)
-            with progress_bar(f"sampling {model_id}") as progress:
-                sides.append(sample_side(store, TransformersSampler(model, tokenizer), model_id, eval_id, prompts,
-                                         config.policy.system_prompt, params, seed, progress))
-            del model
+        for model_id in (model_a, model_b):  # one model (or engine) at a time
+            with model_sampler(store, config, model_id, backend, eval_id) as sampler, \
+                    progress_bar(f"sampling {model_id} ({backend})") as progress:
+                sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.policy.system_prompt, params,
+                                         seed, progress))
         with judge_server(config):
             judge = build_judge(config)
             with progress_bar("qualifying the judge") as progress:

@@ -11,7 +11,7 @@ continues where it stopped and inserts nothing twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -28,21 +28,20 @@ from evals.probes import ProbeSet, load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
 from flows.judging import build_judge, judge_server, refuse_unqualified, trusted_principles
-from flows.policy import EMBEDDED_PATH, lineage_base, load_lineage
+from flows.policy import EMBEDDED_PATH, candidate_and_parent_samplers, load_lineage, model_sampler
 from flows.progress import progress_bar
 from flows.train import launch_training
 from judges.qualification import QualificationGate
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
-from lm.loading import save_merged_checkpoint, set_threads
+from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts, select_heldout_prompts
 from review.agreement import AgreementCheck, human_labels, measure_agreement
 from review.routing import RoutingCandidate, route_spot_checks
 from review.session import progress as review_progress
-from sampling.sampler import Sampler, TransformersSampler
+from sampling.sampler import TransformersSampler
 from sampling.stage import pair_samples, sample_for_round, select_max_min
-from sampling.vllm_engine import VLLMEngineSampler, choose_backend, running_vllm_engine
-from sampling.vllm_server import VLLMServerSampler
+from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
@@ -164,7 +163,7 @@ def run_round(store: Store, config: RoundConfig, constitution: Constitution, pro
     if candidate is not None and not outcome.collapsed:
         probes = [load_probe_set(source) for source in config.eval.probes]
         note("evaluating")
-        sides = sample_eval(store, config, rnd, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
+        sides = sample_eval(store, config, rnd, backend, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
         evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides, trusted)
     promoted, decision = promote(store, config, outcome, evaluation)
 
@@ -245,46 +244,13 @@ def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution,
 def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer,
                  prompts: list[Prompt]) -> list[PairRow]:
     """n completions per prompt from the round's policy; returns the comparisons to judge."""
-    with policy_sampler(store, config, rnd, backend, policy, tokenizer) as sampler, \
+    with model_sampler(store, config, rnd.policy_id, backend, rnd.round_id, (policy, tokenizer)) as sampler, \
             progress_bar(f"sampling completions ({backend})") as progress:
         completions = sample_for_round(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
                                        config.sampler.params(), rnd.seed, "train", progress)
     pairs = pair_samples(completions, rnd.round_id)
     store.append(pairs)
     return pairs
-
-
-@contextmanager
-def policy_sampler(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer) -> Iterator[Sampler]:
-    """The round's policy as a sampler of the chosen backend.
-
-    vLLM applies one LoRA adapter per request, so a policy is served as its parent weights plus its
-    newest adapter; a lineage of two or more adapters has the older ones merged into a checkpoint
-    under the artifacts dir, once.
-    """
-    if backend == "transformers":
-        yield TransformersSampler(policy, tokenizer)
-        return
-    settings = config.sampler.vllm
-    chain = store.model_chain(rnd.policy_id)
-    base = lineage_base(chain)
-    adapter = Path(chain[-1].path) if len(chain) > 1 else None
-    if backend == "vllm-server":
-        if len(chain) > 2:
-            raise ValueError(f"policy {rnd.policy_id} has {len(chain) - 1} adapters; a vLLM server serves its base plus one "
-                             "adapter per request. Use the engine mode (no sampler.vllm.server_url) for this lineage.")
-        name = settings.served_model if adapter is None else chain[-1].model_id
-        sampler = VLLMServerSampler(settings.server_url, tokenizer, name)
-        if adapter is not None:
-            sampler.load_adapter(chain[-1].model_id, adapter)
-        yield sampler
-        return
-    if len(chain) > 2:
-        base = save_merged_checkpoint(base, [Path(m.path) for m in chain[1:-1]],
-                                      config.artifacts_dir() / "merged" / chain[-2].model_id)
-    log = config.artifacts_dir() / "logs" / f"vllm-engine-{rnd.round_id}.log"
-    with running_vllm_engine(settings, base, log, enable_lora=adapter is not None) as engine:
-        yield VLLMEngineSampler(engine, tokenizer, adapter)
 
 
 @task(cache_policy=NO_CACHE)
@@ -368,17 +334,26 @@ def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, d
 
 
 @task(cache_policy=NO_CACHE)
-def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, candidate, tokenizer, outcome: TrainOutcome,
+def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, candidate, tokenizer, outcome: TrainOutcome,
                 prompts: list[Prompt]):
-    """The candidate (adapter on) and the current policy (the same weights, adapter off) answer the eval prompts."""
+    """The candidate and the current policy answer the eval prompts with the round's sampling backend:
+    transformers runs the candidate in memory with its adapter on, then off; vLLM serves the
+    policy's weights and the candidate's adapter per request, from one engine."""
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
-    sampler = TransformersSampler(candidate, tokenizer)
-    with progress_bar("eval: sampling") as progress:
-        side_a = sample_side(store, sampler, outcome.candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
+    if backend == "vllm-server" and len(store.model_chain(rnd.policy_id)) > 1:
+        get_run_logger().warning("eval sampling with transformers: a vLLM server serves its base plus one adapter, "
+                                 "and this candidate's parent %s has adapters of its own", rnd.policy_id)
+        backend = "transformers"
+    if backend == "transformers":
+        samplers = nullcontext((TransformersSampler(candidate, tokenizer), None))
+    else:
+        samplers = candidate_and_parent_samplers(store, config, outcome.candidate_id, backend, f"eval-{rnd.round_id}")
+    with samplers as (sampler_a, sampler_b), progress_bar(f"eval: sampling ({backend})") as progress:
+        side_a = sample_side(store, sampler_a, outcome.candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
                              params, rnd.seed, lambda done, total: progress(done, 2 * total))
-        with candidate.disable_adapter():
-            side_b = sample_side(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
-                                 params, rnd.seed, lambda done, total: progress(total + done, 2 * total))
+        with candidate.disable_adapter() if sampler_b is None else nullcontext():  # transformers: the same model, adapter off
+            side_b = sample_side(store, sampler_b or sampler_a, rnd.policy_id, rnd.round_id, prompts,
+                                 config.policy.system_prompt, params, rnd.seed, lambda done, total: progress(total + done, 2 * total))
     return side_a, side_b
 
 

@@ -129,10 +129,11 @@ def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_
 @pytest.mark.slow
 def test_rounds_sampled_by_the_vllm_engine_follow_the_promoted_lineage(prefect_harness, round_config, smollm2_dir,
                                                                             vllm_settings):
-    """Rounds sample the base, then base + adapter per request, then the merged parent + newest adapter.
+    """Rounds sample the base, then base + adapter per request, then the merged parent + newest adapter;
+    each round's evaluation samples the candidate and the policy through vLLM too.
 
-    Each round's stored sampling logprobs must equal a transformers forward of that round's policy
-    (its lineage merged in memory): that proves vLLM served exactly the promoted policy.
+    Stored sampling logprobs must equal a transformers forward of the model that sampled them (its
+    lineage merged in memory): that proves vLLM served exactly that model.
     """
     from flows.round import load_policy, rlaif_round
     from lm.loading import encode_chat
@@ -166,20 +167,33 @@ principles:
     first_promoted = next(s for s in summaries if s.promoted)
     assert (config.artifacts_dir() / "merged" / first_promoted.candidate_id / "config.json").exists()
 
+    def mean_token_gap(store, model_id, completions) -> float:
+        """|stored sampling log-prob - a transformers forward of `model_id`'s merged lineage| per token."""
+        policy, tokenizer = load_policy.fn(store, model_id)
+        prompts = store.by_ids(PromptRow, [c.prompt_id for c in completions])
+        with torch.no_grad():
+            recomputed = sequence_logps(policy, collate(
+                [encode_chat(tokenizer, config.policy.system_prompt, prompts[c.prompt_id].text) for c in completions],
+                [c.token_ids for c in completions], tokenizer.pad_token_id))
+        gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
+        return sum(gaps) / len(gaps)
+
     with Store(config.db_path(), read_only=True) as store:
         for summary in summaries:
             rnd = store.round_by_index(summary.round_index)
             pairs = store.pairs(rnd.round_id, "train")
             completions = list(store.by_ids(CompletionRow, [c for p in pairs for c in (p.completion_a, p.completion_b)]).values())
             assert len(completions) == 16 and {c.sampling_json["backend"] for c in completions} == {"vllm-engine"}
-            policy, tokenizer = load_policy.fn(store, rnd.policy_id)
-            prompts = store.by_ids(PromptRow, [c.prompt_id for c in completions])
-            with torch.no_grad():
-                recomputed = sequence_logps(policy, collate(
-                    [encode_chat(tokenizer, config.policy.system_prompt, prompts[c.prompt_id].text) for c in completions],
-                    [c.token_ids for c in completions], tokenizer.pad_token_id))
-            gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
-            assert sum(gaps) / len(gaps) < 1e-3, (summary.round_index, gaps)
+            assert mean_token_gap(store, rnd.policy_id, completions) < 1e-3, summary.round_index
+            if summary.eval is None:
+                continue
+            # Evaluation sampled through the same backend: the candidate as its adapter per request
+            # on the policy's weights, the policy from the same engine without it.
+            evaluated = store.completions(rnd.round_id, "eval")
+            assert {c.sampling_json["backend"] for c in evaluated} == {"vllm-engine"}
+            for model_id in (summary.candidate_id, summary.policy_id):
+                side = [c for c in evaluated if c.model_id == model_id]
+                assert side and mean_token_gap(store, model_id, side) < 1e-3, (summary.round_index, model_id)
 
 
 def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefect_harness, round_config):
