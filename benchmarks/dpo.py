@@ -55,6 +55,9 @@ def main() -> None:
                         help="forward: make our trainer recompute the reference too (as TRL does), for comparison")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    # children only (benchmarks/gpu_check.py): another checkpoint, another device
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = (train_ours if args.child == "ours" else train_trl)(args)
@@ -135,14 +138,14 @@ def train_ours(args) -> dict:
     threads = set_threads(args.threads)
     raw = json.loads(args.data.read_text())
     pairs = [PreferencePair(**{k: v for k, v in p.items() if k != "eos"}) for p in raw]
-    checkpoint = embedded_checkpoint()
+    checkpoint = args.checkpoint or embedded_checkpoint()
     tokenizer = load_tokenizer(checkpoint)
     total_steps = args.steps + 1
     # Our defaults otherwise: group_by_length, shuffle, reference "auto" (recorded log-probs if the check agrees).
     params = DPOParams(batch_size=args.batch_size, max_steps=total_steps, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                        reference=args.ours_reference,
                        epochs=math.ceil(total_steps / math.ceil(len(pairs) / args.batch_size)))
-    model = add_lora(load_model(checkpoint), params, seed=0)
+    model = add_lora(load_model(checkpoint, device=args.device), params, seed=0)
     step_ends: list[float] = []
     started = time.perf_counter()
     result = train_dpo(model, pairs, params, tokenizer.pad_token_id, seed=0, on_step=lambda m: step_ends.append(time.perf_counter()))
@@ -181,18 +184,20 @@ def train_trl(args) -> dict:
 
     threads = set_threads(args.threads)
     raw = json.loads(args.data.read_text())
-    checkpoint = embedded_checkpoint()
+    checkpoint = args.checkpoint or embedded_checkpoint()
     tokenizer = load_tokenizer(checkpoint)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for p in raw])
     clock = Clock()
+    # transformers 5.2x renamed TrainingArguments.gradient_checkpointing (the GPU machine has 5.17)
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in DPOConfig.__dataclass_fields__ else "gradient_checkpointing"
     with tempfile.TemporaryDirectory() as out:
         config = DPOConfig(
             output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps + 1, learning_rate=5e-4,
-            bf16=False, activation_checkpointing=False, use_cpu=True, logging_steps=1, save_strategy="no",
+            bf16=False, **{checkpointing: False}, use_cpu=args.device == "cpu", logging_steps=1, save_strategy="no",
             report_to=[], disable_tqdm=True, max_length=None, seed=0,
         )
         lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = PreTokenizedDPOTrainer(model=load_model(checkpoint), args=config, train_dataset=dataset,
+        trainer = PreTokenizedDPOTrainer(model=load_model(checkpoint, device=args.device), args=config, train_dataset=dataset,
                                          processing_class=tokenizer, peft_config=lora, callbacks=[clock])
         assert not getattr(trainer.model.get_base_model(), "is_gradient_checkpointing", False)
         started = time.perf_counter()
