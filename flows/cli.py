@@ -505,9 +505,26 @@ def review_add_reviewer(name: str = typer.Argument(..., help="the reviewer's nam
     _guard(run)()
 
 
+@review_app.command("revoke")
+def review_revoke(name: str = typer.Argument(..., help="the reviewer's name"),
+                  db: Path = typer.Option(Path("rlaif.duckdb"), "--db", help="DuckDB file")) -> None:
+    """Stop a reviewer's token and log out their browsers (their labels stay; add-reviewer NAME
+    gives them a new token)."""
+    from review.session import revoke_reviewer
+
+    def run() -> None:
+        if not db.exists():
+            raise StoreError(f"{db} does not exist")
+        with Store(db) as store:
+            revoke_reviewer(store, name)
+        console.print(f"reviewer {escape(name)} revoked: their token no longer works and their sessions are ended")
+    _guard(run)()
+
+
 def _review_settings(config: Optional[Path]):
+    """(constitution, review section) of a config, or of the defaults."""
     cfg = load_config(config) if config else RoundConfig()
-    return load_constitution(cfg.constitution), cfg.review.reviews_per_pair
+    return load_constitution(cfg.constitution), cfg.review
 
 
 @review_app.command("serve")
@@ -523,7 +540,7 @@ def review_serve(
 
         from review.app import create_app
 
-        constitution, per_pair = _review_settings(config)
+        constitution, settings = _review_settings(config)
         if not db.exists():
             raise StoreError(f"{db} does not exist: run a round first")
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -533,7 +550,8 @@ def review_serve(
         def on_round_done(store: Store, round_index: int) -> None:
             _release(store, round_index, "the review queue was finished")
         # A connection per request: between clicks the file is free for the round a finished queue resumes.
-        web = create_app(lambda: Store(db), constitution, reviews_per_pair=per_pair, on_round_done=on_round_done)
+        web = create_app(lambda: Store(db), constitution, reviews_per_pair=settings.reviews_per_pair,
+                         on_round_done=on_round_done, session_ttl_s=settings.session_ttl)
         console.print(f"review page on http://{host}:{port}/ (log in with a token from `rlaif review add-reviewer`)")
         uvicorn.run(web, host=host, port=port, log_level="warning")
     _guard(run)()
@@ -587,9 +605,11 @@ def review_next(
 ) -> None:
     """Review in the terminal: 1/2/3 = response 1 / response 2 / tie, s = skip, u = undo, q = quit."""
     from review.session import next_item, progress, record_review, reviewer_for_token, undo_last
+    from review.text_safety import visible_segments
 
     def run() -> None:
-        constitution, per_pair = _review_settings(config)
+        constitution, settings = _review_settings(config)
+        per_pair = settings.reviews_per_pair
         with Store(db) as store:
             reviewer = reviewer_for_token(store, token)
             if reviewer is None:
@@ -599,9 +619,11 @@ def review_next(
                 console.print(f"- {escape(p.id)}: {escape(p.text)}", highlight=False)
             while (item := next_item(store, round_index, reviewer.reviewer_id, per_pair)) is not None:
                 console.rule(f"round {round_index}: {item.done}/{item.total} pairs done")
+                if item.hidden:
+                    console.print("[yellow]this pair contains characters that render invisibly; shown as [U+...] markers[/]")
                 for title, text in (("Prompt", item.prompt), ("Response 1", item.left), ("Response 2", item.right)):
                     console.print(f"[bold]{title}[/]")
-                    console.print(escape(text), highlight=False, markup=False)
+                    console.print("".join(s.text for s in visible_segments(text)), highlight=False, markup=False)
                 key = typer.prompt("1 / 2 / 3 (tie) / s (skip) / u (undo) / q (quit)").strip().lower()
                 if key == "q":
                     return
@@ -614,7 +636,7 @@ def review_next(
                     console.print("type 1, 2, 3, s, u or q")
                     continue
                 rationale = "" if choice == "skip" else typer.prompt("why? (Enter to skip)", default="", show_default=False)
-                record_review(store, round_index, reviewer.reviewer_id, item.pair_id, item.shown_order, choice, rationale)
+                record_review(store, round_index, reviewer.reviewer_id, item.pair_id, choice, rationale, per_pair)
             done = progress(store, round_index, reviewer.reviewer_id, per_pair)
             console.print(f"nothing left for you in round {round_index} ({done.done}/{done.total} pairs done)")
     _guard(run)()

@@ -100,6 +100,7 @@ class ReviewConfig(_Section):
     min_reviewed: int = Field(default=5, ge=0, description="judge-human agreement is checked from this many reviewed pairs")
     min_kappa: float = Field(default=0.2, ge=-1, le=1, description="train only if Cohen's kappa judge vs humans is at least this")
     min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
+    session_ttl: int = Field(default=8 * 3600, gt=0, description="seconds a review page login lasts")
 
     def agreement_check(self, rows: Sequence[AgreementRow]) -> AgreementCheck:
         """The training gate on a round's judge-human agreement rows, with this section's bars."""

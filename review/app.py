@@ -9,18 +9,27 @@ round holds it, the page answers 503 and says who holds it.
 Security choices, because model text is untrusted and labels become training data:
   * pages are server-rendered with autoescaping; model text is only ever printed as escaped text
     (CSS `white-space: pre-wrap` keeps its layout), and a strict Content-Security-Policy forbids
-    inline scripts and styles, so even a missed escape could not run code;
-  * who labelled is always derived from the token (cookie or `Authorization: Bearer`), never from
-    a form field or the URL;
-  * the cookie is HttpOnly and SameSite=Strict, so other sites can neither read it nor post with it.
+    inline scripts and styles, so even a missed escape could not run code; characters that render
+    invisibly (bidi overrides, zero-width) are shown as markers and the pair is flagged;
+  * who labelled is always derived from the credentials (a session cookie, or a reviewer token in
+    `Authorization: Bearer` for scripts), never from a form field or the URL;
+  * logging in starts a server-side session: the HttpOnly, SameSite=Strict cookie holds a random
+    secret whose hash is stored; logout deletes it, it expires after `session_ttl_s`, and revoking
+    the reviewer ends all of theirs;
+  * SameSite does not separate ports (every 127.0.0.1 port is the same site), so every
+    state-changing request must come from this origin (`Sec-Fetch-Site`, `Origin`), and with a
+    cookie it must carry the session's CSRF token, which only this origin's pages contain;
+  * the pair a label is for must be the one shown to that reviewer, in the order the server chose.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -34,12 +43,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from constitution.loader import Constitution
 from review import session
+from review.text_safety import visible_segments
 from store.db import Store, StoreError
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-TOKEN_COOKIE = "rlaif_token"
+SESSION_COOKIE = "rlaif_session"
 MAX_FORM_BYTES = 64 * 1024   # a rationale is capped at 4000 characters; anything far bigger is not our form
 MAX_FORM_FIELDS = 20
 
@@ -49,7 +59,8 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer, browsers send `Origin: null` on our own form posts
+    "referrer-policy": "same-origin",
 }
 
 _templates = jinja2.Environment(
@@ -57,6 +68,7 @@ _templates = jinja2.Environment(
     autoescape=True,  # every {{ value }} is HTML-escaped; templates never use |safe
     undefined=jinja2.StrictUndefined,
 )
+_templates.filters["segments"] = visible_segments  # model text with hidden characters made visible
 
 
 # ---- failures, each turned into a page by the handlers in _add_error_pages ----------------------
@@ -75,34 +87,66 @@ class BadForm(Exception):
         self.status = status
 
 
+class CrossSite(Exception):
+    """A state-changing request that did not come from this site's own pages."""
+
+
 # ---- helpers ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a reviewer, through a browser session (`session` is its secret) or a
+    bearer token (`session` None: no cookie, so no cross-site risk and no CSRF token)."""
+    reviewer_id: str
+    session: str | None
+
+    @property
+    def csrf(self) -> str | None:
+        return session.csrf_token(self.session) if self.session else None
+
+
 def page(name: str, status: int = 200, **context: object) -> HTMLResponse:
     context.setdefault("reviewer", None)
+    context.setdefault("csrf", None)
     return HTMLResponse(_templates.get_template(name).render(**context), status_code=status)
 
 
-def request_token(request: Request) -> str | None:
-    """The reviewer token: an `Authorization: Bearer` header (scripts) or the login cookie (browsers)."""
+def bearer_token(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(TOKEN_COOKIE) or None
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def require_same_origin(request: Request) -> None:
+    """Refuse a state-changing request sent by a page of another origin (another port included).
+
+    Browsers say where a request comes from: `Sec-Fetch-Site` (same-origin, same-site, cross-site,
+    none), or in older browsers only `Origin` ("null" when they will not say: refused). Scripts send
+    neither and need no cookie, so they pass."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            raise CrossSite()
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise CrossSite()
 
 
 async def form_fields(request: Request) -> dict[str, str]:
-    """The url-encoded form body, size-limited.
+    """The url-encoded form body, size-limited (an empty body is an empty form).
 
     Parsed here with the standard library so the app does not need python-multipart. When a
     field is repeated the first value counts, so appending a second value cannot override it.
     """
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise BadForm(415, "Send the form as application/x-www-form-urlencoded.")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise BadForm(413, "The form is too large.")
+    if not body:
+        return {}
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise BadForm(415, "Send the form as application/x-www-form-urlencoded.")
     try:
         pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict",
                           max_num_fields=MAX_FORM_FIELDS)
@@ -160,6 +204,12 @@ def _add_error_pages(app: FastAPI) -> None:
         return page("error.html", 401, title="Not logged in",
                     message="This needs a valid reviewer token. Log in again.", back="/login")
 
+    @app.exception_handler(CrossSite)
+    def cross_site(request: Request, exc: CrossSite) -> Response:
+        return page("error.html", 403, title="Refused",
+                    message="This request did not come from the review page itself (or its form was stale). "
+                            "Nothing was changed; reload the page and try again.", back="/")
+
     @app.exception_handler(UnknownRound)
     def unknown_round(request: Request, exc: UnknownRound) -> Response:
         return page("error.html", 404, title="No such round", message=str(exc), back="/")
@@ -198,11 +248,12 @@ def create_app(
     constitution: Constitution,
     reviews_per_pair: int = 1,
     on_round_done: Callable[[Store, int], None] = lambda store, round_index: None,
+    session_ttl_s: int = 8 * 3600,
 ) -> FastAPI:
     """The review site; `open_store()` opens the Store for one request.
 
     `on_round_done(store, round_index)` is called with the request's store when a label completes a
-    round's queue: every queued pair has `reviews_per_pair` labels.
+    round's queue: every queued pair has `reviews_per_pair` labels. A login lasts `session_ttl_s`.
     """
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()
@@ -216,13 +267,29 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_pages(app)
 
-    def reviewer(request: Request) -> str:
-        """The logged-in reviewer's id (a dependency of every protected endpoint)."""
+    def caller(request: Request) -> Caller:
+        """The logged-in reviewer (a dependency of every protected endpoint): a bearer token, else the
+        session cookie. Revoked tokens and expired or ended sessions count as not logged in."""
+        token, secret = bearer_token(request), request.cookies.get(SESSION_COOKIE) or None
         with connected() as store:
-            row = session.reviewer_for_token(store, request_token(request))
-        if row is None:
+            if token is not None:
+                row = session.reviewer_for_token(store, token)
+                who = Caller(row.reviewer_id, None) if row else None
+            else:
+                reviewer_id = session.reviewer_for_session(store, secret)
+                who = Caller(reviewer_id, secret) if reviewer_id and secret else None
+        if who is None:
             raise NotLoggedIn()
-        return row.reviewer_id
+        return who
+
+    def changing(request: Request, form: dict[str, str] = Depends(form_fields)) -> tuple[Caller, dict[str, str]]:
+        """A state-changing request: from this origin, logged in, and, with a cookie, the session's
+        CSRF token in the form. Returns the caller and the form."""
+        require_same_origin(request)
+        who = caller(request)
+        if who.csrf is not None and not secrets.compare_digest(form.get("csrf", ""), who.csrf):
+            raise CrossSite()
+        return who, form
 
     def check_round(store: Store, round_index: int) -> None:
         if store.round_by_index(round_index) is None:
@@ -233,58 +300,65 @@ def create_app(
         return page("login.html")
 
     @app.post("/login")
-    def login(form: dict[str, str] = Depends(form_fields)) -> Response:
+    def login(request: Request, form: dict[str, str] = Depends(form_fields)) -> Response:
+        require_same_origin(request)  # no logging a browser in as someone else from another page
         token = form.get("token", "").strip()
         with connected() as store:
             row = session.reviewer_for_token(store, token)
-        if row is None:
+            secret = session.start_session(store, row.reviewer_id, session_ttl_s) if row else None
+        if secret is None:
             return page("login.html", 401, error="That token is not valid.")
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        response.set_cookie(SESSION_COOKIE, secret, max_age=session_ttl_s, httponly=True, samesite="strict", path="/")
         return response
 
     @app.post("/logout")
-    def logout(who: str = Depends(reviewer)) -> Response:
+    def logout(checked: tuple[Caller, dict[str, str]] = Depends(changing)) -> Response:
+        who, _ = checked
+        if who.session is not None:
+            with connected() as store:
+                session.end_session(store, who.session)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
     @app.get("/")
-    def queue(who: str = Depends(reviewer)) -> Response:
+    def queue(who: Caller = Depends(caller)) -> Response:
         with connected() as store:
             rounds = sorted(store.rounds(), key=lambda r: r.round_index, reverse=True)
-            rows = [(r, session.progress(store, r.round_index, who, reviews_per_pair)) for r in rounds]
-        return page("queue.html", reviewer=who, rows=rows)
+            rows = [(r, session.progress(store, r.round_index, who.reviewer_id, reviews_per_pair)) for r in rounds]
+        return page("queue.html", reviewer=who.reviewer_id, csrf=who.csrf, rows=rows)
 
     @app.get("/rounds/{round_index}")
-    def review_page(round_index: int, who: str = Depends(reviewer)) -> Response:
+    def review_page(round_index: int, who: Caller = Depends(caller)) -> Response:
         with connected() as store:
             check_round(store, round_index)
-            item = session.next_item(store, round_index, who, reviews_per_pair)
-            progress = session.progress(store, round_index, who, reviews_per_pair)
-        return page("review.html", reviewer=who, round_index=round_index, item=item, progress=progress,
-                    constitution=constitution)
+            item = session.next_item(store, round_index, who.reviewer_id, reviews_per_pair)
+            progress = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
+        return page("review.html", reviewer=who.reviewer_id, csrf=who.csrf, round_index=round_index, item=item,
+                    progress=progress, constitution=constitution)
 
     @app.post("/rounds/{round_index}/label")
-    def label(round_index: int, who: str = Depends(reviewer),
-              form: dict[str, str] = Depends(form_fields)) -> Response:
+    def label(round_index: int, checked: tuple[Caller, dict[str, str]] = Depends(changing)) -> Response:
+        who, form = checked
         with connected() as store:
             check_round(store, round_index)
-            before = session.progress(store, round_index, who, reviews_per_pair)
-            session.record_review(store, round_index, who, pair_id=form.get("pair_id", ""),
-                                  shown_order=form.get("shown_order", ""), choice=form.get("choice", ""),
-                                  rationale=browser_text(form.get("rationale")))
-            after = session.progress(store, round_index, who, reviews_per_pair)
+            before = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
+            session.record_review(store, round_index, who.reviewer_id, pair_id=form.get("pair_id", ""),
+                                  choice=form.get("choice", ""), rationale=browser_text(form.get("rationale")),
+                                  reviews_per_pair=reviews_per_pair, shown=form.get("shown_order"))
+            after = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
             # Only the label that completes the queue reports it (not every later skip or late label).
             if after.total > 0 and after.done == after.total and before.done < after.total:
                 notify_round_done(on_round_done, store, round_index)
         return RedirectResponse(f"/rounds/{round_index}", status_code=303)
 
     @app.post("/rounds/{round_index}/undo")
-    def undo(round_index: int, who: str = Depends(reviewer)) -> Response:
+    def undo(round_index: int, checked: tuple[Caller, dict[str, str]] = Depends(changing)) -> Response:
+        who, _ = checked
         with connected() as store:
             check_round(store, round_index)
-            session.undo_last(store, round_index, who)
+            session.undo_last(store, round_index, who.reviewer_id)
         return RedirectResponse(f"/rounds/{round_index}", status_code=303)
 
     return app

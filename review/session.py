@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel
 
+from review.text_safety import hidden_characters, name_skeleton, scripts
 from store.db import Store
 from store.ids import stable_id, stable_int
-from store.rows import CompletionRow, PairRow, PromptRow, ReviewerRow, ReviewRow, RoundRow
+from store.rows import CompletionRow, PairRow, PromptRow, ReviewerRow, ReviewRow, ReviewSessionRow, RoundRow, utcnow
 
 Choice = Literal["left", "right", "tie", "skip"]
 
@@ -31,18 +34,68 @@ def token_sha256(token: str) -> str:
 
 
 def add_reviewer(store: Store, name: str) -> str:
-    """Register a reviewer; returns their token (shown once: only its hash is stored)."""
+    """Register a reviewer; returns their token (shown once: only its hash is stored).
+
+    The name is NFKC-normalised; one that mixes scripts, or looks like an existing reviewer's
+    name (case, look-alike letters), is refused, so a label's name says who gave it. A revoked
+    reviewer added again gets a new token.
+    """
+    name = unicodedata.normalize("NFKC", name)
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ReviewError(f"reviewer name {name!r}: use letters, digits, '-', '_' or '.'")
-    if store.by_ids(ReviewerRow, [name]):
-        raise ReviewError(f"reviewer {name!r} already exists")
+    if len(scripts(name)) > 1:
+        raise ReviewError(f"reviewer name {name!r} mixes scripts ({', '.join(sorted(scripts(name)))}): use one")
     token = secrets.token_urlsafe(24)
+    existing = store.by_ids(ReviewerRow, [name]).get(name)
+    if existing is not None:
+        if existing.revoked_at is None:
+            raise ReviewError(f"reviewer {name!r} already exists")
+        store.reissue_reviewer_token(name, token_sha256(token))
+        return token
+    twin = next((r.reviewer_id for r in store.reviewers() if name_skeleton(r.reviewer_id) == name_skeleton(name)), None)
+    if twin is not None:
+        raise ReviewError(f"reviewer name {name!r} looks like the existing reviewer {twin!r}: choose another")
     store.append([ReviewerRow(reviewer_id=name, token_sha256=token_sha256(token))])
     return token
 
 
+def revoke_reviewer(store: Store, name: str) -> None:
+    """Stop `name`'s token and log out every browser they are logged in with (their labels stay)."""
+    if name not in store.by_ids(ReviewerRow, [name]):
+        raise ReviewError(f"there is no reviewer {name!r}")
+    store.revoke_reviewer(name)
+
+
 def reviewer_for_token(store: Store, token: str | None) -> ReviewerRow | None:
+    """The reviewer of a token, unless it was revoked."""
     return store.reviewer_by_token(token_sha256(token)) if token else None
+
+
+# ---- browser sessions -------------------------------------------------------------------------------
+def start_session(store: Store, reviewer_id: str, ttl_s: int) -> str:
+    """Log a browser in: returns the session secret for its cookie (only the hash is stored)."""
+    secret = secrets.token_urlsafe(32)
+    now = utcnow()
+    store.append([ReviewSessionRow(session_sha256=token_sha256(secret), reviewer_id=reviewer_id, created_at=now,
+                                   expires_at=now + timedelta(seconds=ttl_s))])
+    return secret
+
+
+def reviewer_for_session(store: Store, secret: str | None) -> str | None:
+    """The reviewer a session cookie belongs to; None once it expired, was logged out or revoked."""
+    row = store.review_session(token_sha256(secret)) if secret else None
+    return row.reviewer_id if row else None
+
+
+def end_session(store: Store, secret: str) -> None:
+    store.end_review_session(token_sha256(secret))
+
+
+def csrf_token(secret: str) -> str:
+    """The session's CSRF token, put in every form the page serves. Derived from the session secret
+    (a page on another origin can make the browser send the cookie but cannot read this), and
+    revealing nothing about it (a hash)."""
+    return hashlib.sha256(b"rlaif-review-csrf\0" + secret.encode()).hexdigest()
 
 
 class ReviewItem(BaseModel):
@@ -55,6 +108,9 @@ class ReviewItem(BaseModel):
     shown_order: Literal["ab", "ba"]  # "ba": b is on the left
     done: int        # pairs with enough labels, this round
     total: int       # pairs queued this round
+    # where the texts hold characters that render invisibly (bidi overrides, zero-width ...): shown
+    # as markers on the page, and the pair flagged
+    hidden: dict[str, list[str]] = {}   # "prompt" | "left" | "right" -> ["U+202E", ...]
 
 
 class Progress(BaseModel):
@@ -104,29 +160,44 @@ def next_item(store: Store, round_index: int, reviewer: str, reviews_per_pair: i
     texts = store.by_ids(CompletionRow, [pair.completion_a, pair.completion_b])
     prompt = store.by_ids(PromptRow, [pair.prompt_id])[pair.prompt_id]
     a, b = texts[pair.completion_a].text, texts[pair.completion_b].text
-    shown_order = "ab" if stable_int("shown-order", pair_id, reviewer) % 2 == 0 else "ba"
-    left, right = (a, b) if shown_order == "ab" else (b, a)
+    order = shown_order(pair_id, reviewer)
+    left, right = (a, b) if order == "ab" else (b, a)
+    hidden = {name: found for name, text in (("prompt", prompt.text), ("left", left), ("right", right))
+              if (found := hidden_characters(text))}
     return ReviewItem(round_index=round_index, pair_id=pair_id, prompt=prompt.text, tags=prompt.tags, left=left,
-                      right=right, shown_order=shown_order,
+                      right=right, shown_order=order, hidden=hidden,
                       done=sum(counts.get(q.pair_id, 0) >= reviews_per_pair for q in queue), total=len(queue))
 
 
-def record_review(store: Store, round_index: int, reviewer: str, pair_id: str, shown_order: str, choice: str,
-                  rationale: str | None) -> ReviewRow:
-    """Store a label; `choice` is what the reviewer picked on screen, turned into the pair's a/b."""
+def shown_order(pair_id: str, reviewer: str) -> Literal["ab", "ba"]:
+    """Which completion a reviewer sees on the left: drawn per (pair, reviewer), decided here only."""
+    return "ab" if stable_int("shown-order", pair_id, reviewer) % 2 == 0 else "ba"
+
+
+def record_review(store: Store, round_index: int, reviewer: str, pair_id: str, choice: str, rationale: str | None,
+                  reviews_per_pair: int, shown: str | None = None) -> ReviewRow:
+    """Store a label; `choice` is what the reviewer picked on screen, turned into the pair's a/b.
+
+    Only the pair this reviewer is being shown counts: the queue's next pair for them, which still
+    needs labels. The order it was shown in is recomputed here, never taken from the client;
+    `shown`, if the client sends it, must agree (a page from before an undo, say, is refused).
+    """
     rnd = round_or_error(store, round_index)
-    if pair_id not in {q.pair_id for q in store.review_queue(rnd.round_id)}:
-        raise ReviewError(f"pair {pair_id!r} is not in round {round_index}'s review queue")
-    if shown_order not in ("ab", "ba"):
-        raise ReviewError(f"shown_order must be ab or ba, not {shown_order!r}")
     if choice not in ("left", "right", "tie", "skip"):
         raise ReviewError(f"choice must be left, right, tie or skip, not {choice!r}")
-    if any(r.pair_id == pair_id and r.reviewer == reviewer for r in store.reviews_of_round(rnd.round_id)):
-        raise ReviewError(f"{reviewer} already reviewed pair {pair_id}; undo it first")
-    left, right = ("a", "b") if shown_order == "ab" else ("b", "a")
+    current = next_item(store, round_index, reviewer, reviews_per_pair)
+    if current is None or current.pair_id != pair_id:
+        if pair_id not in {q.pair_id for q in store.review_queue(rnd.round_id)}:
+            raise ReviewError(f"pair {pair_id!r} is not in round {round_index}'s review queue")
+        raise ReviewError(f"pair {pair_id!r} is not the pair shown to you now (it was labelled already, or another "
+                          "pair is next): nothing stored; reload the page")
+    order = shown_order(pair_id, reviewer)
+    if shown is not None and shown != order:
+        raise ReviewError(f"shown_order {shown!r} is not the order pair {pair_id!r} was shown to you in")
+    left, right = ("a", "b") if order == "ab" else ("b", "a")
     winner = {"left": left, "right": right, "tie": "tie", "skip": "skip"}[choice]
     row = ReviewRow(review_id=stable_id("review", pair_id, reviewer), pair_id=pair_id, reviewer=reviewer,
-                    winner=winner, rationale=(rationale or "").strip()[:4000] or None, shown_order=shown_order)
+                    winner=winner, rationale=(rationale or "").strip()[:4000] or None, shown_order=order)
     store.append([row])
     return row
 

@@ -30,6 +30,7 @@ from store.rows import (
     PairRow,
     ReviewerRow,
     ReviewQueueRow,
+    ReviewSessionRow,
     ReviewRow,
     RoundRow,
     Row,
@@ -143,16 +144,20 @@ class Store:
         for version, name, sql in _migrations():
             if version in applied:
                 continue
-            self.con.execute("BEGIN TRANSACTION")
-            try:
+            with self._transaction():
                 self.con.execute(sql)
-                self.con.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()]
-                )
-                self.con.execute("COMMIT")
-            except Exception:
-                self.con.execute("ROLLBACK")
-                raise
+                self.con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All statements in the block, or none."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
 
     def schema_version(self) -> int:
         return self.con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0]
@@ -329,8 +334,34 @@ class Store:
 
     # ---- review ---------------------------------------------------------------------------------
     def reviewer_by_token(self, token_sha256: str) -> ReviewerRow | None:
-        found = self._select(ReviewerRow, "token_sha256 = ?", [token_sha256])
+        """The reviewer whose token this is, unless revoked."""
+        found = self._select(ReviewerRow, "token_sha256 = ? AND revoked_at IS NULL", [token_sha256])
         return found[0] if found else None
+
+    def reviewers(self) -> list[ReviewerRow]:
+        return self._select(ReviewerRow, order="reviewer_id")
+
+    def review_session(self, session_sha256: str) -> ReviewSessionRow | None:
+        """A live session: not expired, and its reviewer not revoked."""
+        found = self._select(
+            ReviewSessionRow, "session_sha256 = ? AND expires_at > ? AND reviewer_id IN "
+            "(SELECT reviewer_id FROM reviewers WHERE revoked_at IS NULL)", [session_sha256, utcnow()])
+        return found[0] if found else None
+
+    def end_review_session(self, session_sha256: str) -> None:
+        """Logout: the session is gone, so its cookie is worth nothing even if it was copied."""
+        self.con.execute("DELETE FROM review_sessions WHERE session_sha256 = ?", [session_sha256])
+
+    def revoke_reviewer(self, reviewer_id: str) -> None:
+        """Stop a reviewer's token and end their sessions (their reviews stay)."""
+        with self._transaction():
+            self.con.execute("UPDATE reviewers SET revoked_at = ? WHERE reviewer_id = ?", [utcnow(), reviewer_id])
+            self.con.execute("DELETE FROM review_sessions WHERE reviewer_id = ?", [reviewer_id])
+
+    def reissue_reviewer_token(self, reviewer_id: str, token_sha256: str) -> None:
+        """A revoked reviewer gets a new token (the old one stays dead: its hash is replaced)."""
+        self.con.execute("UPDATE reviewers SET token_sha256 = ?, revoked_at = NULL WHERE reviewer_id = ?",
+                         [token_sha256, reviewer_id])
 
     def reviews_of_round(self, round_id: str) -> list[ReviewRow]:
         return self._select(ReviewRow, "pair_id IN (SELECT pair_id FROM review_queue WHERE round_id = ?)", [round_id],

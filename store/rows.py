@@ -165,6 +165,17 @@ class ReviewerRow(Row):
     reviewer_id: str
     token_sha256: str
     created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None  # set by `rlaif review revoke`: the token no longer logs in
+
+
+class ReviewSessionRow(Row):
+    """A logged-in browser: the cookie holds the session secret; only its SHA-256 is stored."""
+    table: ClassVar[str] = "review_sessions"
+    key: ClassVar[tuple[str, ...]] = ("session_sha256",)
+    session_sha256: str
+    reviewer_id: str
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
 
 
 class AgreementRow(Row):

@@ -9,7 +9,19 @@ from sklearn.metrics import cohen_kappa_score
 
 from judges.stats import cohen_kappa
 from review.agreement import check_agreement, human_labels, measure_agreement
-from review.session import ReviewError, add_reviewer, next_item, record_review, reviewer_for_token, undo_last
+from review.session import (
+    ReviewError,
+    add_reviewer,
+    end_session,
+    next_item,
+    record_review,
+    reviewer_for_session,
+    reviewer_for_token,
+    revoke_reviewer,
+    start_session,
+    undo_last,
+)
+from review.text_safety import hidden_characters, visible_segments
 from store.db import Store
 from store.rows import PairRecord, ReviewQueueRow, ReviewRow, RoundRow
 from training.stage import select_preferences
@@ -86,7 +98,7 @@ def test_reviewing_session_blind_order_undo_and_tokens(tmp_path):
         for _ in range(4):
             item = next_item(store, 1, "alice", reviews_per_pair=2)
             orders.add(item.shown_order)
-            row = record_review(store, 1, "alice", item.pair_id, item.shown_order, "left", "left is better")
+            row = record_review(store, 1, "alice", item.pair_id, "left", "left is better", 2, shown=item.shown_order)
             assert row.winner == ("a" if item.left.startswith("A") else "b")  # stored in the pair's own terms
         assert orders == {"ab", "ba"} and next_item(store, 1, "alice", 2) is None
         assert next_item(store, 1, "bob", 2) is not None  # two labels per pair: bob still has work
@@ -94,5 +106,89 @@ def test_reviewing_session_blind_order_undo_and_tokens(tmp_path):
         assert next_item(store, 1, "alice", 2).pair_id == last.pair_id  # the undone pair comes back
         assert undo_last(store, 1, reviewer_for_token(store, bob_token).reviewer_id) is None  # bob cannot undo alice's
         with pytest.raises(ReviewError, match="not in round 1's review queue"):
-            record_review(store, 1, "alice", "'; DROP TABLE reviews; --", "ab", "left", None)
+            record_review(store, 1, "alice", "'; DROP TABLE reviews; --", "left", None, 2)
         assert len(store.reviews_of_round("r")) == 3
+
+
+def test_a_label_counts_only_for_the_pair_shown_to_that_reviewer_in_the_order_shown(tmp_path):
+    with Store(tmp_path / "r.duckdb") as store:
+        pairs = seed_pairs(store, [(f"q{i}", f"A{i}", f"B{i}") for i in range(3)])
+        store.append([RoundRow(round_id="r", round_index=1, status="running", policy_id="m", constitution_hash="c", seed=0, config_json={})])
+        store.append([ReviewQueueRow(pair_id=p.pair_id, round_id="r", reasons=["random"]) for p in pairs])
+        for name in ("alice", "bob"):
+            add_reviewer(store, name)
+        shown = next_item(store, 1, "alice", reviews_per_pair=1)
+        other = next(p.pair_id for p in pairs if p.pair_id != shown.pair_id)
+        with pytest.raises(ReviewError, match="not the pair shown to you"):
+            record_review(store, 1, "alice", other, "left", None, 1)   # queued, but not the one on alice's screen
+        flipped = "ba" if shown.shown_order == "ab" else "ab"
+        with pytest.raises(ReviewError, match="not the order"):
+            record_review(store, 1, "alice", shown.pair_id, "left", None, 1, shown=flipped)
+        assert store.reviews_of_round("r") == []
+
+        bob_sees = next_item(store, 1, "bob", reviews_per_pair=1)
+        assert bob_sees.pair_id == shown.pair_id                         # both were shown the same pair ...
+        record_review(store, 1, "bob", bob_sees.pair_id, "tie", None, 1)
+        with pytest.raises(ReviewError, match="not the pair shown to you"):  # ... it has its one label now
+            record_review(store, 1, "alice", shown.pair_id, "left", None, 1)
+        assert [(r.reviewer, r.winner) for r in store.reviews_of_round("r")] == [("bob", "tie")]
+
+
+def test_sessions_end_at_logout_expiry_and_revocation_and_a_revoked_reviewer_can_get_a_new_token(tmp_path):
+    with Store(tmp_path / "r.duckdb") as store:
+        token = add_reviewer(store, "alice")
+        first, second = start_session(store, "alice", 3600), start_session(store, "alice", 3600)
+        assert reviewer_for_session(store, first) == reviewer_for_session(store, second) == "alice"
+        end_session(store, first)
+        assert reviewer_for_session(store, first) is None and reviewer_for_session(store, second) == "alice"
+        assert reviewer_for_session(store, start_session(store, "alice", -1)) is None   # already expired
+
+        revoke_reviewer(store, "alice")
+        assert reviewer_for_session(store, second) is None and reviewer_for_token(store, token) is None
+        with pytest.raises(ReviewError, match="no reviewer 'mallory'"):
+            revoke_reviewer(store, "mallory")
+        new_token = add_reviewer(store, "alice")
+        assert reviewer_for_token(store, new_token).reviewer_id == "alice" and reviewer_for_token(store, token) is None
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("аlice", "mixes scripts"),        # Cyrillic a + Latin lice
+    ("аӏісе", "looks like the existing reviewer 'alice'"),  # all Cyrillic
+    ("Alice", "looks like"), ("a1ice", "looks like"), ("ａｌｉｃｅ", "already exists"),  # fullwidth: NFKC is alice
+    ("al ice", "use letters"),
+])
+def test_reviewer_names_that_look_like_another_are_refused(tmp_path, name, reason):
+    with Store(tmp_path / "r.duckdb") as store:
+        add_reviewer(store, "alice")
+        with pytest.raises(ReviewError, match=reason):
+            add_reviewer(store, name)
+        add_reviewer(store, "alicia")  # a different name is fine
+        add_reviewer(store, "борис")  # so is one in a single other script
+
+
+def test_hidden_characters_become_visible_markers():
+    text = "Refund \u202eenod\u202c issued\u200b."
+    assert hidden_characters(text) == ["U+202E", "U+202C", "U+200B"]
+    segments = visible_segments(text)
+    assert "".join(s.text for s in segments) == ("Refund [U+202E RIGHT-TO-LEFT OVERRIDE]enod[U+202C POP DIRECTIONAL "
+                                                 "FORMATTING] issued[U+200B ZERO WIDTH SPACE].")
+    assert [s.hidden for s in segments] == [False, True, False, True, False, True, False]
+    assert visible_segments("plain") == [type(segments[0])(text="plain")] and hidden_characters("plain") == []
+
+
+def test_rlaif_review_revoke(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    db = tmp_path / "r.duckdb"
+    with Store(db) as store:
+        token = add_reviewer(store, "alice")
+    done = CliRunner().invoke(app, ["review", "revoke", "alice", "--db", str(db)])
+    assert done.exit_code == 0 and "alice revoked" in done.output
+    with Store(db) as store:
+        assert reviewer_for_token(store, token) is None
+    unknown = CliRunner().invoke(app, ["review", "revoke", "mallory", "--db", str(db)])
+    assert unknown.exit_code == 2 and "no reviewer 'mallory'" in unknown.output
+    missing = CliRunner().invoke(app, ["review", "revoke", "alice", "--db", str(tmp_path / "none.duckdb")])
+    assert missing.exit_code == 1 and not (tmp_path / "none.duckdb").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,7 @@ def make_site(tmp_path):
     """make_site(texts): one queued pair per (prompt, text a, text b) in round 1, reviewers alice and bob."""
     running: list[tuple[uvicorn.Server, threading.Thread, Store]] = []
 
-    def make(texts: list[tuple[str, str, str]]) -> Site:
+    def make(texts: list[tuple[str, str, str]], session_ttl_s: int = 3600) -> Site:
         store = Store(tmp_path / "rlaif.duckdb")
         pairs = seed_pairs(store, texts)
         store.append([RoundRow(round_id="r", round_index=1, status="running", policy_id="m",
@@ -88,7 +88,7 @@ def make_site(tmp_path):
         calls: list[int] = []
         # the app opens its own connection per request (same process, same database instance)
         app = create_app(lambda: Store(tmp_path / "rlaif.duckdb"), load_constitution("bundled:support"), reviews_per_pair=1,
-                         on_round_done=lambda _store, round_index: calls.append(round_index))
+                         on_round_done=lambda _store, round_index: calls.append(round_index), session_ttl_s=session_ttl_s)
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
@@ -142,7 +142,7 @@ def pair_index(site: Site, text: str) -> tuple[int, str]:
 def test_keyboard_labelling_and_undo(make_site, page: Page):
     site = make_site([(f"Prompt {i}", f"A-text {i}", f"B-text {i}") for i in range(3)])
     log_in(page, site, "alice")
-    assert "rlaif_token" in {c["name"] for c in page.context.cookies()}
+    assert "rlaif_session" in {c["name"] for c in page.context.cookies()}
     assert "0 / 3" in page.inner_text("table.rounds")
     page.goto(site.url + "/rounds/1")
     assert "0 / 3 this round" in page.inner_text("body")
@@ -207,6 +207,7 @@ def test_clicking_a_button_labels(make_site, page: Page):
     site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
     log_in(page, site, "bob")
     page.goto(site.url + "/rounds/1")
+    assert page.locator("#hidden-warning").count() == 0  # plain text: no flag
     i, left_side = pair_index(site, page.inner_text("#response-1"))
     with page.expect_navigation():
         page.click("button[data-choice=right]")
@@ -257,14 +258,20 @@ def test_tokens_are_required_and_decide_the_reviewer(make_site):
         wrong = {"Authorization": "Bearer not-a-token"}
         assert anon.get("/rounds/1", headers=wrong).status_code == 303
         assert anon.post("/rounds/1/undo", headers=wrong).status_code == 401
-        assert anon.post("/rounds/1/undo", headers={"Cookie": "rlaif_token=nope"}).status_code == 401
+        assert anon.post("/rounds/1/undo", headers={"Cookie": "rlaif_session=nope"}).status_code == 401
+        assert anon.post("/rounds/1/undo", headers={"Cookie": f"rlaif_session={site.tokens['alice']}"}).status_code == 401
         r = anon.post("/login", data={"token": "not-a-token"})
         assert r.status_code == 401 and "set-cookie" not in r.headers and "not valid" in r.text
 
+        for other_page in ({"Sec-Fetch-Site": "same-site"}, {"Origin": "http://127.0.0.1:1"}):  # login CSRF
+            r = anon.post("/login", data={"token": site.tokens["alice"]}, headers=other_page)
+            assert r.status_code == 403 and "set-cookie" not in r.headers
         r = anon.post("/login", data={"token": site.tokens["alice"]})
         assert r.status_code == 303 and r.headers["location"] == "/"
         cookie = r.headers["set-cookie"].lower()
-        assert "rlaif_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        assert "rlaif_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        alice_session = r.cookies["rlaif_session"]
+        assert alice_session != site.tokens["alice"]  # the cookie is a session, not the reviewer's token
     assert site.reviews() == []
 
     with site.client("alice") as alice:
@@ -286,8 +293,9 @@ def test_tokens_are_required_and_decide_the_reviewer(make_site):
         assert r.status_code == 303
         # A cookie for alice does not beat bob's header either.
         page_html = bob.get("/rounds/1").text
-        r = bob.post("/rounds/1/label", headers={"Cookie": f"rlaif_token={site.tokens['alice']}"},
-                     data={"pair_id": hidden(page_html, "pair_id"), "shown_order": "ab", "choice": "skip"})
+        r = bob.post("/rounds/1/label", headers={"Cookie": f"rlaif_session={alice_session}"},
+                     data={"pair_id": hidden(page_html, "pair_id"), "shown_order": hidden(page_html, "shown_order"),
+                           "choice": "skip"})
         assert r.status_code == 303
     assert site.reviews("alice") == alice_rows
     assert sorted(r.winner for r in site.reviews("bob")) == ["skip", "tie"]
@@ -361,3 +369,160 @@ def test_while_a_round_holds_the_database_the_page_says_who_and_then_recovers(ma
         finally:
             holder.communicate("\n", timeout=30)
         assert alice.get("/rounds/1").status_code == 200  # the round let go: the page works again
+
+
+# ---- 6: requests from other origins, logout, expiry, revocation ---------------------------------------
+@pytest.fixture()
+def hostile_site() -> Iterator[Callable[[str], str]]:
+    """hostile_site(html) -> the URL of a page with that HTML, served on another port of 127.0.0.1
+    (the same *site* as the review page for the browser, SameSite=Strict cookies included)."""
+    import http.server
+
+    pages: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = pages.get(self.path, b"not found")
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def serve(html: str) -> str:
+        path = f"/page{len(pages)}.html"
+        pages[path] = html.encode()
+        return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+    yield serve
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def auto_post_form(action: str, fields: dict[str, str]) -> str:
+    inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
+    return f'<form id="f" method="post" action="{action}">{inputs}</form><script>document.getElementById("f").submit()</script>'
+
+
+def test_a_page_on_another_port_cannot_label_undo_or_log_out(make_site, hostile_site, page: Page):
+    site = make_site([(f"Prompt {i}", f"A-text {i}", f"B-text {i}") for i in range(3)])
+    log_in(page, site, "alice")
+    page.goto(site.url + "/rounds/1")
+    target = {"pair_id": page.input_value("input[name=pair_id]"), "shown_order": page.input_value("input[name=shown_order]"),
+              "choice": "left"}
+    with page.expect_navigation():
+        page.click("button[data-choice=right]")  # one real label, for the undo attack below
+    (real,) = site.reviews("alice")
+    target = {**target, "pair_id": page.input_value("input[name=pair_id]"),
+              "shown_order": page.input_value("input[name=shown_order]")}
+
+    # A top-level form post from the other port: the browser sends the session cookie along.
+    for action, fields in ((f"{site.url}/rounds/1/label", target), (f"{site.url}/rounds/1/undo", {}),
+                           (f"{site.url}/logout", {})):
+        with page.expect_response(lambda r: r.url == action) as response:
+            page.goto(hostile_site(auto_post_form(action, fields)))
+        assert response.value.status == 403, action
+        assert "did not come from the review page" in page.inner_text("body")
+    # A script's fetch from the other port (no-cors: it cannot read the answer, but the request is sent).
+    page.goto(hostile_site("<p>hi</p>"))
+    page.evaluate("""async ([url, body]) => { await fetch(url, {method: "POST", mode: "no-cors", credentials: "include",
+                      headers: {"content-type": "application/x-www-form-urlencoded"}, body}); }""",
+                  [f"{site.url}/rounds/1/label", "&".join(f"{k}={v}" for k, v in target.items())])
+    assert site.reviews("alice") == [real]
+
+    # Still logged in (the forged logout did nothing), and the page's own forms work.
+    page.goto(site.url + "/rounds/1")
+    assert page.url == site.url + "/rounds/1"
+    with page.expect_navigation():
+        page.click("button[data-choice=tie]")
+    assert len(site.reviews("alice")) == 2
+
+    # Same origin but no CSRF token (a script holding a copied cookie, say): refused too.
+    cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "rlaif_session")
+    with httpx.Client(base_url=site.url, headers={"Cookie": f"rlaif_session={cookie}"}, timeout=10) as client:
+        html = client.get("/rounds/1").text
+        form = {"pair_id": hidden(html, "pair_id"), "shown_order": hidden(html, "shown_order"), "choice": "left"}
+        assert client.post("/rounds/1/label", data=form).status_code == 403
+        assert client.post("/rounds/1/label", data={**form, "csrf": "0" * 64}).status_code == 403
+        assert client.post("/rounds/1/label", data={**form, "csrf": hidden(html, "csrf")},
+                           headers={"Origin": "http://127.0.0.1:1"}).status_code == 403
+        assert len(site.reviews("alice")) == 2
+        assert client.post("/rounds/1/label", data={**form, "csrf": hidden(html, "csrf")}).status_code == 303
+    assert len(site.reviews("alice")) == 3
+
+
+def session_cookie(page: Page) -> str:
+    return next(c["value"] for c in page.context.cookies() if c["name"] == "rlaif_session")
+
+
+def replayed(site: Site, cookie: str) -> int:
+    """Status of a request made with a copy of a session cookie (as if stolen before logout/expiry)."""
+    with httpx.Client(base_url=site.url, headers={"Cookie": f"rlaif_session={cookie}"}, follow_redirects=False,
+                      timeout=10) as client:
+        return client.get("/rounds/1").status_code
+
+
+def test_logout_ends_the_session_on_the_server(make_site, page: Page):
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
+    log_in(page, site, "alice")
+    cookie = session_cookie(page)
+    assert replayed(site, cookie) == 200
+    with page.expect_navigation():
+        page.click("text=Log out")
+    assert page.url == site.url + "/login"
+    assert replayed(site, cookie) == 303  # the copied cookie is worth nothing now
+
+
+def test_a_session_expires_after_its_ttl(make_site, page: Page):
+    import time
+
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")], session_ttl_s=2)
+    logged_in_at = time.monotonic()
+    log_in(page, site, "alice")
+    cookie = session_cookie(page)
+    assert replayed(site, cookie) == 200
+    while replayed(site, cookie) == 200:  # poll: the server must end it on its own
+        assert time.monotonic() - logged_in_at < 30, "the session did not expire"
+        page.wait_for_timeout(200)
+    assert time.monotonic() - logged_in_at >= 1.5  # it lasted its ttl (less the clock's rounding)
+    page.goto(site.url + "/rounds/1")
+    assert page.url == site.url + "/login"
+
+
+def test_revoking_a_reviewer_logs_out_their_browser_and_stops_their_token(make_site, page: Page):
+    from review.session import revoke_reviewer
+
+    site = make_site([("Prompt 0", "A-text 0", "B-text 0")])
+    log_in(page, site, "alice")
+    page.goto(site.url + "/rounds/1")
+    assert page.url == site.url + "/rounds/1"
+    with site.lock:
+        revoke_reviewer(site.store, "alice")
+    page.goto(site.url + "/rounds/1")
+    assert page.url == site.url + "/login"
+    with site.client("alice") as alice, site.client("bob") as bob:
+        assert alice.get("/rounds/1").status_code == 303 and alice.post("/rounds/1/undo").status_code == 401
+        assert bob.get("/rounds/1").status_code == 200  # only alice
+    page.locator("#token").press_sequentially(site.tokens["alice"])
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "not valid" in page.inner_text("body")
+
+
+# ---- 7: text that renders invisibly is shown --------------------------------------------------------------
+def test_bidi_overrides_and_zero_width_characters_are_shown_and_the_pair_flagged(make_site, page: Page):
+    site = make_site([("Refund\u200b please", "Your refund of \u202e05$\u202c is on its way.", "We sent it.")])
+    log_in(page, site, "alice")
+    page.goto(site.url + "/rounds/1")
+    warning = page.inner_text("#hidden-warning")
+    assert "U+202E" in warning and "U+202C" in warning and "U+200B" in warning
+    shown = page.inner_text("#response-1") + page.inner_text("#response-2")
+    assert "[U+202E RIGHT-TO-LEFT OVERRIDE]05$[U+202C POP DIRECTIONAL FORMATTING]" in shown
+    assert "\u202e" not in shown and "\u200b" not in page.inner_text("#prompt-text")
+    assert page.locator(".text .hidden-char").count() == 3

@@ -220,7 +220,7 @@ def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefe
             judge_says = v.winner if v.status == "ok" and v.consistent and v.winner in ("a", "b") else "tie"
             human_wants = {"a": "b", "b": "a", "tie": "a"}[judge_says]
             left_is = "a" if item.shown_order == "ab" else "b"
-            record_review(store, 1, "alice", item.pair_id, item.shown_order, "left" if human_wants == left_is else "right", None)
+            record_review(store, 1, "alice", item.pair_id, "left" if human_wants == left_is else "right", None, 1)
 
     summary = rlaif_round(config=config)  # resumes the waiting round
     assert summary.round_index == 1 and summary.status == "finished"

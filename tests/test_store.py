@@ -19,11 +19,11 @@ def prompt_rows(n: int) -> list[PromptRow]:
 def test_migrations_apply_once_and_are_versioned(tmp_path):
     db = tmp_path / "r.duckdb"
     with Store(db) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == 5
         assert {"rounds", "models", "prompts", "completions", "pairs", "judgments", "verdicts", "review_queue",
-                "reviews", "reviewers", "agreement", "train_runs", "train_metrics", "evals"} <= set(store.count_rows())
+                "reviews", "reviewers", "review_sessions", "agreement", "train_runs", "train_metrics", "evals"} <= set(store.count_rows())
     with Store(db) as store:  # reopening does not re-run the migration (it would fail: tables exist)
-        assert store.schema_version() == 4
+        assert store.schema_version() == 5
 
 
 def test_append_is_idempotent_and_survives_reopen(tmp_path):
