@@ -15,7 +15,7 @@ VLLM_VENV    := .venv-vllm
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup vllm chromium demo test test-fast bench outcome judge-models gpu-bundle clean
+.PHONY: setup vllm chromium demo lint test test-fast bench outcome judge-models gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,16 @@ chromium: $(CHROMIUM)
 demo: setup
 	$(BIN)/rlaif demo
 
-test: setup vllm chromium
+# Lint: ruff over the product code, its tests and benchmarks (rules in pyproject.toml).
+LINTED := flows judges constitution training evals sampling store review lm prompts tests benchmarks
+
+lint: setup
+	$(BIN)/ruff check $(LINTED)
+
+test: setup vllm chromium lint
 	$(BIN)/python -m pytest
 
-test-fast: setup chromium
+test-fast: setup chromium lint
 	$(BIN)/python -m pytest -m "not slow"
 
 # What benchmarks/gpu_check.py carries to an offline GPU machine (Python 3.12 there; ~22 MiB):

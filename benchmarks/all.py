@@ -33,7 +33,7 @@ def main() -> None:
             rows.append((script, what, "FAILED", goal, time.perf_counter() - started))
         else:
             rows.append((script, what, f"{results[-1][0]} = {results[-1][1]}", goal, time.perf_counter() - started))
-    print(f"\n| benchmark | measures | result | goal | took |\n|---|---|---|---|---|")
+    print("\n| benchmark | measures | result | goal | took |\n|---|---|---|---|---|")
     for script, what, result, goal, took in rows:
         print(f"| {script} | {what} | {result} | {goal} | {took / 60:.1f} min |")
     failed = sum(row[2] == "FAILED" for row in rows)

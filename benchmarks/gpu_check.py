@@ -58,8 +58,9 @@ BUNDLED = {
 # ---- bundle (on a machine with PyPI) and install (on the GPU machine) ---------------------------
 
 def make_bundle(directory: Path, python_version: str) -> None:
-    from lm.embedded import gguf_path
     from transformers import AutoTokenizer
+
+    from lm.embedded import gguf_path
 
     wheels = directory / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -107,8 +108,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def tokenizer_dir(bundle: Path | None, tmp: Path) -> Path:
     if bundle is not None and (bundle / "tokenizer").is_dir():
         return bundle / "tokenizer"
-    from lm.embedded import gguf_path
     from transformers import AutoTokenizer
+
+    from lm.embedded import gguf_path
 
     source = gguf_path()
     AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(tmp / "tokenizer")
@@ -156,8 +158,8 @@ def random_pairs(checkpoint: Path, n: int, completion_tokens: tuple[int, int], s
 
 def train_losses(checkpoint: Path, pairs: list[dict], device: str, bf16: bool, checkpointing: bool) -> list[float]:
     """Per-step losses of our trainer (run in a child process: accelerate's state is per process)."""
-    from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
     from lm.loading import load_model, load_tokenizer
+    from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
 
     params = DPOParams(batch_size=4, epochs=2, lora_r=4, learning_rate=1e-2, bf16=bf16, gradient_checkpointing=checkpointing,
                        shuffle=False, reference="forward")
@@ -241,8 +243,8 @@ def check_eval_sampling(checkpoint: Path, device: str) -> dict:
 def check_throughput(checkpoint: Path, data: Path, device: str, steps: int) -> dict:
     sides = {}
     for name in ("ours", "trl"):
-        sides[name] = run_child(REPO / "benchmarks" / "dpo.py", "--child", name, "--data", str(data),
-                                       "--checkpoint", str(checkpoint), "--device", device, "--batch-size", "4" if steps < 10 else "8", "--steps", str(steps))
+        sides[name] = run_child(REPO / "benchmarks" / "dpo.py", "--child", name, "--data", str(data), "--checkpoint", str(checkpoint),
+                                "--device", device, "--batch-size", "4" if steps < 10 else "8", "--steps", str(steps))
     ratio = sides["ours"]["tokens_per_s"] / sides["trl"]["tokens_per_s"]
     return {"device": device, "ours": sides["ours"], "trl": sides["trl"], "ours_vs_trl": ratio, "passed": True}
 

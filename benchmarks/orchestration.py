@@ -30,8 +30,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import Task, flow  # noqa: E402
 
-from constitution.loader import load_yaml  # noqa: E402
 import flows.round as round_module  # noqa: E402
+from constitution.loader import load_yaml  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from store.db import Store  # noqa: E402
 

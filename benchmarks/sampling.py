@@ -63,7 +63,8 @@ def main() -> None:
     vllm_tps = sum(len(c.token_ids) for c in vllm_out) / vllm_s
     hf_tps = sum(len(c.token_ids) for c in hf_out) / hf_s
     print(f"{len(vllm_out)} sequences, up to {args.max_new_tokens} new tokens each")
-    print(f"vLLM {args.vllm_mode}: {vllm_tps:.1f} tokens/s ({vllm_s:.1f} s)   transformers ({threads} threads, one batch): {hf_tps:.1f} tokens/s ({hf_s:.1f} s)")
+    print(f"vLLM {args.vllm_mode}: {vllm_tps:.1f} tokens/s ({vllm_s:.1f} s)   "
+          f"transformers ({threads} threads, one batch): {hf_tps:.1f} tokens/s ({hf_s:.1f} s)")
     print(f"RESULT sampling_vllm_vs_transformers {vllm_tps / hf_tps:.2f}")
 
 

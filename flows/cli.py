@@ -18,8 +18,8 @@ from constitution.loader import ConstitutionError, bundled_constitution_path, lo
 from evals.probes import ProbeError
 from flows.config import ConfigError, RoundConfig, checked_config, load_config
 from flows.judging import JudgeNotQualified
-from prompts.loader import PromptError
 from judges.server import JudgeServerError
+from prompts.loader import PromptError
 from review.session import ReviewError
 from store.db import Store, StoreError
 
@@ -159,9 +159,9 @@ def serve(
         if not get_current_settings().api.url:
             raise ConfigError("PREFECT_API_URL is not set: start a server with `rlaif server` and "
                               "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would lose the schedule)")
-        from flows.loop import rlaif_loop
-
         from prefect.deployments.runner import EntrypointType
+
+        from flows.loop import rlaif_loop
 
         # by module path: the runner finds the installed flow wherever `rlaif serve` was started
         rlaif_loop.serve(name=name, schedules=[Cron(cron, timezone=timezone)], tags=["rlaif"],

@@ -6,9 +6,9 @@ from constitution.loader import load_constitution
 from evals.probes import load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
+from flows.judging import build_judge, judge_server, trusted_principles
 from flows.policy import model_sampler
 from flows.progress import progress_bar
-from flows.judging import build_judge, judge_server, trusted_principles
 from prompts.loader import load_prompts, select_heldout_prompts
 from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError

@@ -1,8 +1,8 @@
 """One online RLAIF round as a Prefect flow. Read it top to bottom: each line is a stage call.
 
     sample 2 completions/prompt from the policy -> judge each pair in both orders
-    (n > 2: judge every two samples, train on best vs worst) -> route spot-checks -> DPO dataset from trustworthy pairs -> LoRA DPO -> candidate vs policy
-    on held-out prompts -> promote only if it wins
+    (n > 2: judge every two samples, train on best vs worst) -> route spot-checks -> DPO dataset from
+    trustworthy pairs -> LoRA DPO -> candidate vs policy on held-out prompts -> promote only if it wins
 
 Every stage writes to DuckDB under deterministic ids, so rerunning a round (finished or crashed)
 continues where it stopped and inserts nothing twice.
@@ -10,9 +10,7 @@ continues where it stopped and inserts nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task

@@ -251,7 +251,7 @@ class OpenAIJudge:
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
         raw: list[str] = []
         try:
-            for attempt in range(2):  # a reply that fails validation gets one retry with the error shown
+            for _attempt in range(2):  # a reply that fails validation gets one retry with the error shown
                 content, token_logprobs = await self._complete(
                     client, messages, usage, schema=response_format(principle_ids), max_tokens=self.settings.max_tokens,
                     top_logprobs=5 if self.settings.vote_logprobs else None)

@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # our stages draw their own bars; per-tensor loading bars are noise
 
-from lm.embedded import embedded_checkpoint
+from lm.embedded import embedded_checkpoint  # noqa: E402
 
 
 def physical_cores() -> int:

@@ -19,8 +19,8 @@ os.environ.update({
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 })
 
-import pytest
-import torch
+import pytest  # noqa: E402  (after the environment above, which Prefect reads at import)
+import torch  # noqa: E402
 
 torch.set_num_threads(1)  # DESIGN.md 8: oversubscribed threads are several times slower on a busy 2-core box
 

@@ -100,6 +100,7 @@ def test_a_round_killed_in_any_stage_and_rerun_equals_an_uninterrupted_round(pre
 
 def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_round(prefect_harness, round_config):
     from flows.round import rlaif_round
+
     from openai_stub_server import StubOpenAIServer
 
     with StubOpenAIServer(failure_rate=0.3, seed=7) as server:

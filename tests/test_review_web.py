@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from helpers import seed_pairs
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from constitution.loader import load_constitution
@@ -24,6 +23,8 @@ from review.app import create_app
 from review.session import add_reviewer
 from store.db import Store
 from store.rows import ReviewQueueRow, ReviewRow, RoundRow
+
+from helpers import seed_pairs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -425,7 +426,7 @@ def test_a_page_on_another_port_cannot_label_undo_or_log_out(make_site, hostile_
     # A top-level form post from the other port: the browser sends the session cookie along.
     for action, fields in ((f"{site.url}/rounds/1/label", target), (f"{site.url}/rounds/1/undo", {}),
                            (f"{site.url}/logout", {})):
-        with page.expect_response(lambda r: r.url == action) as response:
+        with page.expect_response(lambda r, action=action: r.url == action) as response:
             page.goto(hostile_site(auto_post_form(action, fields)))
         assert response.value.status == 403, action
         assert "did not come from the review page" in page.inner_text("body")

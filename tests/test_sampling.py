@@ -12,8 +12,8 @@ from lm.logprobs import collate, sequence_logps
 from prompts.loader import Prompt
 from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
 from sampling.stage import pair_samples, sample_for_round, select_max_min
-from store.db import Store
 from sampling.vllm_engine import VLLMSettings, choose_backend
+from store.db import Store
 from store.rows import CompletionRow
 
 REQUESTS = [SampleRequest(key=f"k{i}", system="You are a support agent.", user=u) for i, u in enumerate(
