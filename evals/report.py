@@ -5,29 +5,40 @@ from __future__ import annotations
 import base64
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from matplotlib.figure import Figure
 
 from evals import plots
 from evals.report_data import Report
 
 
-def figures(report: Report) -> list[tuple[str, object]]:
-    """(caption, matplotlib Figure) for every plot of the report, in page order."""
+def figures(report: Report) -> list[tuple[str, Figure | str]]:
+    """(caption, matplotlib Figure) for every plot of the report, in page order; where there is
+    nothing to plot, (caption, one line saying why) instead of empty axes."""
+    evaluated = any(p.win_rate is not None for p in report.history)
+    not_evaluated = ("No round has been evaluated yet (a round evaluates a candidate only if it trained one): "
+                     "nothing to plot.")
+    has_lengths = bool(report.chosen_lengths) or any(p.policy_lengths for p in report.history)
+    judged = any(p.position_consistency is not None or p.kappa is not None for p in report.history)
     return [
         ("Win rate and length-controlled win rate of each round's candidate against the policy it would replace.",
-         plots.win_rates(report.history)),
+         plots.win_rates(report.history) if evaluated else not_evaluated),
         ("Per-principle pass rates of the candidate (solid) and the current policy (dashed), per round.",
-         plots.principle_pass_rates(report.history)),
+         plots.principle_pass_rates(report.history) if evaluated else not_evaluated),
         ("Left: length of chosen vs rejected completions in this round's trustworthy pairs. "
          "Right: length of the policy's answers over rounds.",
-         plots.lengths(report.chosen_lengths, report.rejected_lengths, report.history)),
-        ("DPO loss and implicit rewards per training step of this round's candidate.", plots.training(report.steps)),
+         plots.lengths(report.chosen_lengths, report.rejected_lengths, report.history) if has_lengths
+         else "No samples and no trustworthy pairs yet: nothing to plot."),
+        ("DPO loss and implicit rewards per training step of this round's candidate.",
+         plots.training(report.steps) if report.steps else f"Round {report.round_index} trained nothing: {report.decision}"),
         ("Judge trust over rounds: position consistency and judge-human agreement on spot-checked pairs.",
-         plots.judge_trust(report.history)),
+         plots.judge_trust(report.history) if judged else "No pair has been judged in both orders yet: nothing to plot."),
     ]
 
 
 def render_html(report: Report) -> str:
-    images = [(caption, base64.b64encode(plots.png(fig)).decode()) for caption, fig in figures(report)]
+    """The page; a plot is (caption, base64 PNG, None), or (caption, None, why) where there is nothing to plot."""
+    images = [(caption, base64.b64encode(plots.png(fig)).decode(), None) if isinstance(fig, Figure) else (caption, None, fig)
+              for caption, fig in figures(report)]
     env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
     return env.get_template("report.html").render(r=report, images=images, fmt=_fmt)
 

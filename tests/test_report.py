@@ -76,6 +76,23 @@ def test_the_html_report_has_every_plot_labelled_and_the_markdown_every_round(tw
     assert bad.exit_code == 2 and "use html or md" in bad.output
 
 
+def test_a_round_that_trained_nothing_says_why_instead_of_drawing_empty_plots(prefect_harness, round_config, tmp_path):
+    from flows.round import rlaif_round
+
+    config = round_config.model_copy(update={"training": round_config.training.model_copy(update={"min_pairs": 10**6})})
+    summary = rlaif_round(config=config)
+    assert not summary.train.trained
+    out = tmp_path / "report.html"
+    done = runner.invoke(app, ["report", "1", "--db", str(config.db_path()), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    html = out.read_text()
+    parser = Images()
+    parser.feed(html)
+    assert len(parser.images) == 2  # lengths (this round's samples) and judge trust (both orders) have data
+    assert html.count('class="nothing"') == 3
+    assert "No round has been evaluated yet" in html and f"Round 1 trained nothing: {escape(summary.decision)}" in html
+
+
 def test_compare_runs_the_held_out_comparison_for_any_two_stored_models(two_rounds):
     config, config_file, summaries = two_rounds
     base, first = summaries[0].policy_id, summaries[0].candidate_id
