@@ -94,14 +94,14 @@ class CrossSite(Exception):
 # ---- helpers ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: a reviewer, through a browser session (`session` is its secret) or a
-    bearer token (`session` None: no cookie, so no cross-site risk and no CSRF token)."""
+    """Who sent a request: a reviewer, through a browser session (`session_secret` from its cookie)
+    or a bearer token (`session_secret` None: no cookie, so no cross-site risk and no CSRF token)."""
     reviewer_id: str
-    session: str | None
+    session_secret: str | None
 
     @property
     def csrf(self) -> str | None:
-        return session.csrf_token(self.session) if self.session else None
+        return session.csrf_token(self.session_secret) if self.session_secret else None
 
 
 def page(name: str, status: int = 200, **context: object) -> HTMLResponse:
@@ -315,9 +315,9 @@ def create_app(
     @app.post("/logout")
     def logout(checked: tuple[Caller, dict[str, str]] = Depends(changing)) -> Response:
         who, _ = checked
-        if who.session is not None:
+        if who.session_secret is not None:
             with connected() as store:
-                session.end_session(store, who.session)
+                session.end_session(store, who.session_secret)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
