@@ -32,7 +32,7 @@ def load_lineage(store: Store, model_id: str):
     return load_model(checkpoint, [Path(m.path) for m in chain[1:]]), load_tokenizer(checkpoint)
 
 
-def parent_weights(store: Store, config: RoundConfig, chain: list[ModelRow]) -> Path:
+def parent_weights(config: RoundConfig, chain: list[ModelRow]) -> Path:
     """The checkpoint vLLM loads to serve the last model of `chain` as one adapter per request: its
     parent's weights, i.e. the base, or (two adapters or more) the base with all but the newest
     merged in, saved once under the parent's id."""
@@ -69,7 +69,7 @@ def model_sampler(store: Store, config: RoundConfig, model_id: str, backend: str
         yield sampler
         return
     log = config.artifacts_dir() / "logs" / f"vllm-engine-{log_name}.log"
-    with running_vllm_engine(settings, parent_weights(store, config, chain), log, enable_lora=adapter is not None) as engine:
+    with running_vllm_engine(settings, parent_weights(config, chain), log, enable_lora=adapter is not None) as engine:
         yield VLLMEngineSampler(engine, tokenizer, adapter)
 
 
@@ -93,5 +93,5 @@ def candidate_and_parent_samplers(store: Store, config: RoundConfig, candidate_i
         yield candidate, VLLMServerSampler(settings.server_url, tokenizer, settings.served_model)
         return
     log = config.artifacts_dir() / "logs" / f"vllm-engine-{log_name}.log"
-    with running_vllm_engine(settings, parent_weights(store, config, chain), log, enable_lora=True) as engine:
+    with running_vllm_engine(settings, parent_weights(config, chain), log, enable_lora=True) as engine:
         yield VLLMEngineSampler(engine, tokenizer, adapter), VLLMEngineSampler(engine, tokenizer, None)
