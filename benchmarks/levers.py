@@ -58,9 +58,9 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if kind == "round":
         rlaif_loop(config_path=str(path), rounds=1)
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         rnd = store.round_by_index(1)
-        assert rnd is not None, f"{config.db_path()}: run the default lever first"
+        assert rnd is not None, f"{config.store.file}: run the default lever first"
         base = rnd.policy_id
         judge = rnd.summary_json["judge_id"]
         trusted = (rnd.summary_json.get("judge_gate") or {}).get("qualified", [])
@@ -72,7 +72,7 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - started
     if not trained.get("trained"):
         return {"lever": name, "kind": kind, "set": overrides, "trained": False, "reason": trained.get("reason")}
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         metrics = store.train_metrics(trained["run_id"])
     started = time.perf_counter()
     outcome = compare_models(config, trained["candidate_id"], base)

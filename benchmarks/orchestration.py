@@ -31,6 +31,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import Task, flow  # noqa: E402
 
 import flows.round as round_module  # noqa: E402
+import flows.stages as stages_module  # noqa: E402
 from constitution.loader import load_yaml  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from store.db import Store  # noqa: E402
@@ -60,7 +61,7 @@ def time_store_calls() -> None:
 def time_tasks() -> None:
     """Wrap the function inside every task of the round flow: its wall time minus the Store calls it
     made adds to spent["model"]."""
-    for task in (v for v in vars(round_module).values() if isinstance(v, Task)):
+    for task in (v for module in (round_module, stages_module) for v in vars(module).values() if isinstance(v, Task)):
         def timed(*args, _fn=task.fn, **kwargs):
             started, store_before = time.perf_counter(), spent["store"]
             try:

@@ -75,7 +75,7 @@ def main() -> None:
     started = time.perf_counter()
     rlaif_loop(config_path=str(config_path), rounds=args.rounds)
     loop_s = time.perf_counter() - started
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         rounds = [r for r in store.rounds() if r.status == "finished"][-args.rounds:]
         base = store.model_chain(rounds[0].policy_id)[0].model_id
         final = store.current_policy().model_id

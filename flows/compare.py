@@ -30,11 +30,11 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
     seed = stable_int("compare-seed", config.seed) % 2**31
     eval_id = f"compare-{stable_id(model_a, model_b, seed)}"
-    with Store(config.db_path()) as store:
+    with Store(config.store) as store:
         known = store.by_ids(ModelRow, [model_a, model_b])
         for model_id in (model_a, model_b):
             if model_id not in known:
-                raise StoreError(f"{store.path} has no model {model_id} (see `rlaif status`)")
+                raise StoreError(f"{store.name} has no model {model_id} (see `rlaif status`)")
         backend, _ = choose_backend(config.sampler.backend, config.sampler.vllm)
         sides = []
         for model_id in (model_a, model_b):  # one model (or engine) at a time

@@ -1,7 +1,8 @@
 """The round configuration: one YAML file, validated by pydantic.
 
-Relative paths in the file are resolved against the file's directory. `store.path` left empty
-means `./rlaif.duckdb` in the working directory (and `--db` on the command line overrides it).
+Relative paths in the file are resolved against the file's directory. The store is a DuckDB file
+(`store.path`, empty = `./rlaif.duckdb` in the working directory) or a DuckLake (`store.kind:
+ducklake`, `store.catalog`, `store.data_path`); `--db` on the command line overrides it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
+from store.location import StoreLocation, parse_location
 from store.rows import AgreementRow
 from training.stage import DataPolicy
 from training.trainer import DPOParams
@@ -127,9 +129,28 @@ class EvalConfig(_Section):
     probes: list[str] = Field(default_factory=list, description="probe sets (bundled:NAME or YAML paths) both models answer")
 
 
-class StoreConfig(_Section):
-    path: str | None = None
-    artifacts_dir: str | None = Field(default=None, description="adapters etc.; empty = <db name>-artifacts next to the db")
+class StoreConfig(StoreLocation):
+    artifacts_dir: str | None = Field(default=None, description="adapters etc. (shared by every worker); "
+                                      "empty = <db name>-artifacts next to the DuckDB file; a ducklake store must set it")
+
+    @model_validator(mode="after")
+    def _artifacts(self) -> StoreConfig:
+        if self.kind == "ducklake" and not self.artifacts_dir:
+            raise ValueError("store.artifacts_dir: a ducklake store needs a folder for adapters that every worker reads")
+        return self
+
+
+class WorkersConfig(_Section):
+    """Run the round's stages as flow runs on Prefect work pools (deployments of `rlaif-stage`, one per
+    pool, dispatched with run_deployment); the round's own process only orchestrates. Each stage
+    reads its inputs from the store, so with workers on other machines use a ducklake store and a
+    shared store.artifacts_dir."""
+
+    sampling: str = Field(description="work pool of the sampling stage")
+    judging: str = Field(description="work pool of the judge's qualification and the judging stage")
+    training: str = Field(description="work pool of the training stage")
+    eval: str = Field(description="work pool of the evaluation stage (candidate vs policy)")
+    timeout_s: int = Field(default=24 * 3600, gt=0, description="how long the round waits for one stage")
 
 
 class RuntimeConfig(_Section):
@@ -149,6 +170,7 @@ class RoundConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    workers: WorkersConfig | None = Field(default=None, description="empty: every stage runs in the round's process")
 
     @model_validator(mode="after")
     def _adapter_fits_vllm(self) -> RoundConfig:
@@ -157,13 +179,10 @@ class RoundConfig(_Section):
                              f"{self.sampler.vllm.max_lora_rank}: vLLM could not serve the adapters")
         return self
 
-    def db_path(self) -> Path:
-        return Path(self.store.path or "rlaif.duckdb")
-
     def artifacts_dir(self) -> Path:
         if self.store.artifacts_dir:
             return Path(self.store.artifacts_dir)
-        db = self.db_path()
+        db = self.store.file
         return db.parent / f"{db.stem}-artifacts"
 
 
@@ -192,11 +211,31 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "eval": config.eval.model_copy(update={"probes": [resolve(p) for p in config.eval.probes]}),
             "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
                 update={"python": resolve(config.sampler.vllm.python)})}),
-            "store": config.store.model_copy(
-                update={"path": resolve(config.store.path), "artifacts_dir": resolve(config.store.artifacts_dir)}
-            ),
+            "store": config.store.model_copy(update={
+                "path": resolve(config.store.path), "artifacts_dir": resolve(config.store.artifacts_dir),
+                "data_path": config.store.data_path if config.store.data_path and "://" in config.store.data_path
+                else resolve(config.store.data_path),
+                "catalog": _resolve_sqlite_catalog(config.store.catalog, resolve)}),
         }
     )
+
+
+def _resolve_sqlite_catalog(catalog: str | None, resolve) -> str | None:
+    """A SQLite catalog's file is a path like any other; a PostgreSQL connection string is left alone."""
+    if catalog is None or not catalog.startswith("sqlite:"):
+        return catalog
+    return "sqlite:" + resolve(catalog.removeprefix("sqlite:"))
+
+
+def with_store(config: RoundConfig, db: str | Path | None) -> RoundConfig:
+    """The config with a `--db` override (a DuckDB file or `ducklake:<catalog>`) as its store."""
+    if db is None:
+        return config
+    try:
+        store = StoreConfig(**parse_location(db).model_dump(), artifacts_dir=config.store.artifacts_dir)
+    except ValidationError as exc:
+        raise ConfigError(f"--db {db}: {format_validation_error(exc)}") from None
+    return config.model_copy(update={"store": store})
 
 
 def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundConfig:
@@ -206,8 +245,7 @@ def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundCo
     from evals.probes import load_probe_set
     from prompts.loader import load_prompts
 
-    if db is not None:
-        config = config.model_copy(update={"store": config.store.model_copy(update={"path": str(db)})})
+    config = with_store(config, db)
     load_constitution(config.constitution)
     load_prompts(config.prompts.source)
     for source in config.eval.probes:

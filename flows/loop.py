@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.config import checked_config, load_config
+from flows.config import RoundConfig, checked_config, load_config
 from flows.round import RoundSummary, execute_round
 from store.db import Store
 
@@ -22,7 +22,7 @@ def rlaif_loop(config_path: str, rounds: int = 1, db: str | None = None) -> list
     logger = get_run_logger()
     config = checked_config(load_config(config_path), db)
     summaries: list[RoundSummary] = []
-    while (done := finished_by_this_run(config.db_path())) < rounds:
+    while (done := finished_by_this_run(config)) < rounds:
         logger.info("loop: %d of %d rounds finished by this flow run", done, rounds)
         summary = execute_round(config)
         summaries.append(summary)
@@ -32,8 +32,8 @@ def rlaif_loop(config_path: str, rounds: int = 1, db: str | None = None) -> list
     return summaries
 
 
-def finished_by_this_run(db_path) -> int:
-    if not db_path.exists() or flow_run.id is None:
+def finished_by_this_run(config: RoundConfig) -> int:
+    if flow_run.id is None or config.store.kind == "duckdb" and not config.store.file.exists():
         return 0
-    with Store(db_path, read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         return sum(r.flow_run_id == str(flow_run.id) and r.status == "finished" for r in store.rounds())

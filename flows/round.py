@@ -1,11 +1,13 @@
 """One online RLAIF round as a Prefect flow. Read it top to bottom: each line is a stage call.
 
-    sample 2 completions/prompt from the policy -> judge each pair in both orders
-    (n > 2: judge every two samples, train on best vs worst) -> route spot-checks -> DPO dataset from
-    trustworthy pairs -> LoRA DPO -> candidate vs policy on held-out prompts -> promote only if it wins
+    qualify the judge -> sample 2 completions/prompt from the policy -> judge each pair in both orders
+    (n > 2: judge every two samples, train on best vs worst) -> route spot-checks -> review gate ->
+    judge-human agreement -> DPO on trustworthy pairs -> candidate vs policy on held-out prompts ->
+    promote only if it wins
 
-Every stage writes to DuckDB under deterministic ids, so rerunning a round (finished or crashed)
-continues where it stopped and inserts nothing twice.
+The stages (flows/stages.py) run in this process, or on Prefect workers (config `workers`), reading
+and writing the store under deterministic ids, so rerunning a round (finished or crashed) skips the
+stages it finished, continues the one it was in, and inserts nothing twice.
 """
 
 from __future__ import annotations
@@ -22,32 +24,19 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel
 
 from constitution.loader import Constitution, load_constitution
-from evals.probes import ProbeSet, load_probe_set
-from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
+from evals.stage import EvalOutcome
 from flows.config import RoundConfig
-from flows.judging import build_judge, judge_server, refuse_unqualified, trusted_principles
-from flows.policy import EMBEDDED_PATH, candidate_and_parent_samplers, load_lineage, model_sampler
-from flows.progress import progress_bar
-from flows.train import launch_training
+from flows.judging import judge_server, refuse_unqualified
+from flows.policy import EMBEDDED_PATH
+from flows.stages import RoundContext, deploy_stages, dispatch
 from judges.qualification import QualificationGate
-from judges.stage import PairwiseJudge, judge_pairs
-from judges.stats import judge_stats
-from lm.loading import set_threads
-from prompts.loader import Prompt, load_prompts, select_heldout_prompts
+from prompts.loader import Prompt, load_prompts
 from review.agreement import AgreementCheck, human_labels, measure_agreement
-from review.routing import RoutingCandidate, route_spot_checks
 from review.session import progress as review_progress
-from sampling.sampler import TransformersSampler
-from sampling.stage import pair_samples, sample_for_round, select_max_min
-from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
-from store.rows import CompletionRow, ModelRow, PairRow, PromptRow, RoundRow
-from training.stage import TrainOutcome, build_preference_pairs, earlier_preferences, select_preferences, train_candidate
-
-# Tasks that may talk to a server (vLLM, an OpenAI-compatible judge) retry as a whole after the
-# client's own retries are spent; a retry redoes only what the store does not have yet.
-NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 10}
+from store.rows import ModelRow, PromptRow, RoundRow
+from training.stage import TrainOutcome
 
 
 class RoundSummary(BaseModel):
@@ -88,16 +77,20 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
     logger = get_run_logger()
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts.source)
-    threads = set_threads(config.runtime.threads)
-    with Store(config.db_path()) as store:
+    if config.workers is not None:
+        deploy_stages(config)
+    with Store(config.store) as store:
         rnd = begin_round(store, config, constitution, prompts, round_index)
         if flow_run.id is not None:  # who works on the round: the loop counts its rounds by it, a release resumes it
             store.set_flow_run(rnd.round_id, str(flow_run.id))
-        logger.info("round %d (%s): policy %s, constitution %s, %d torch threads",
-                    rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, threads)
+        ctx = RoundContext.of_round(store, config, rnd)
+        logger.info("round %d (%s): policy %s, constitution %s, %d torch threads, stages %s",
+                    rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, ctx.threads,
+                    "in this process" if config.workers is None else "on Prefect workers")
         try:
-            with judge_server(config):
-                summary = run_round(store, config, constitution, prompts, rnd, threads)
+            # with workers, each stage that judges starts the judge server where it runs
+            with judge_server(config) if config.workers is None else nullcontext():
+                summary = run_round(ctx)
         except Pause:  # suspended at the review gate: the status says so; a resumed run starts over
             raise
         except BaseException as exc:
@@ -112,57 +105,29 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         return summary
 
 
-def run_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
-              rnd: RoundRow, threads: int) -> RoundSummary:
-    judge = load_judge(config)
-
-    def note(stage: str) -> None:  # shown to any process the store locks out
-        store.note(f"round {rnd.round_index}: {stage}")
-
-    note("qualifying the judge")
-    trusted = qualify_judge(store, config, constitution, judge)
-    refuse_unqualified(config, constitution, trusted)  # judge.require_qualified: before anything is sampled
-    policy, tokenizer = load_policy(store, rnd.policy_id)
-    train_prompts = select_train_prompts(prompts, config.prompts.train_per_round, rnd.round_index, config.seed)
-    heldout = select_heldout_prompts(prompts, config.prompts.heldout, config.seed)
-    backend, why = choose_backend(config.sampler.backend, config.sampler.vllm)
-    get_run_logger().info("sampling backend: %s (%s)", backend, why)
-
-    note("sampling")
-    comparisons = sample_pairs(store, config, rnd, backend, policy, tokenizer, train_prompts)
-    note("judging")
-    verdicts = judge_round(store, judge, constitution, comparisons, trusted)
-    stats = judge_stats(list(verdicts.values()))
-    train_pairs = comparisons
-    if config.sampler.n > 2:  # max_min: the training pair of a prompt is its best vs its worst sample
-        train_pairs = select_max_min_pairs(store, rnd, comparisons, verdicts)
-        verdicts |= judge_round(store, judge, constitution, train_pairs, trusted)  # judge cache hits: no new calls
-    queued = route_for_review(store, config, rnd, train_pairs, prompts, verdicts)
-    so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judge.judge_id,
-                  sampling_backend=backend, threads=threads, pairs_judged=stats.pairs, consistent_pairs=stats.consistent_pairs,
-                  position_consistency=stats.position_consistency, invalid_rate=stats.invalid_rate, judge_gate=trusted,
-                  spot_checks_queued=queued)
+def run_round(ctx: RoundContext) -> RoundSummary:
+    store, config, rnd = ctx.store, ctx.config, ctx.rnd
+    trusted: QualificationGate = dispatch(ctx, "qualify")
+    refuse_unqualified(config, ctx.constitution, trusted)  # judge.require_qualified: before anything is sampled
+    sampled = dispatch(ctx, "sampling")
+    judged = dispatch(ctx, "judging")
+    so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judged.judge_id,
+                  sampling_backend=sampled.backend, threads=ctx.threads, pairs_judged=judged.pairs_judged,
+                  consistent_pairs=judged.consistent_pairs, position_consistency=judged.position_consistency,
+                  invalid_rate=judged.invalid_rate, judge_gate=trusted, spot_checks_queued=judged.spot_checks_queued)
     waiting = review_gate(store, config, rnd)
     if waiting is not None:
         return RoundSummary(**so_far, train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None,
                             promoted=False, decision=waiting, status="waiting_for_review")
 
-    candidates = store.training_candidates(rnd.round_id, judge.judge_id, constitution.content_hash)
-    labels = human_labels(store.reviews_of_round(rnd.round_id))
-    agreement = judge_human_agreement(store, config, rnd, judge.judge_id, constitution, candidates, labels)
+    agreement = judge_human_agreement(store, config, rnd, judged.judge_id, ctx.constitution)
     if agreement.passed:
-        records = select_preferences(candidates, labels) + earlier_preferences(store, rnd.round_index, config.training.mix_rounds)
-        dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
-        note("training")
-        outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge.judge_id, threads)
+        outcome: TrainOutcome = dispatch(ctx, "training")
     else:
-        outcome, candidate = TrainOutcome(trained=False, reason=agreement.reason), None
+        outcome = TrainOutcome(trained=False, reason=agreement.reason)
     evaluation = None
-    if candidate is not None and not outcome.collapsed:
-        probes = [load_probe_set(source) for source in config.eval.probes]
-        note("evaluating")
-        sides = sample_eval(store, config, rnd, backend, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
-        evaluation = judge_eval(store, rnd, judge, constitution, heldout, probes, sides, trusted)
+    if outcome.candidate_id is not None and not outcome.collapsed:
+        evaluation = dispatch(ctx, "eval")
     promoted, decision = promote(store, config, outcome, evaluation)
 
     return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
@@ -200,81 +165,6 @@ def begin_round(store: Store, config: RoundConfig, constitution: Constitution, p
     return row
 
 
-def select_train_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> list[Prompt]:
-    """Round k takes the k-th window of a fixed shuffle of the train split, so rounds see new prompts."""
-    train = sorted((p for p in prompts if p.split == "train"), key=lambda p: stable_int("train-order", seed, p.prompt_id))
-    if not train:
-        raise ValueError("the prompt source has no train prompts")
-    start = (round_index - 1) * n
-    return [train[(start + i) % len(train)] for i in range(min(n, len(train)))]
-
-
-# ---- tasks --------------------------------------------------------------------------------------
-
-@task(cache_policy=NO_CACHE)
-def load_policy(store: Store, model_id: str):
-    return load_lineage(store, model_id)
-
-
-@task(cache_policy=NO_CACHE)
-def load_judge(config: RoundConfig) -> PairwiseJudge:
-    return build_judge(config)
-
-
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution, judge: PairwiseJudge) -> QualificationGate:
-    """Which model-judged principles this judge's votes count on: its stored qualification for this
-    constitution, or a new one measured now (once per judge and constitution)."""
-    logger = get_run_logger()
-    with progress_bar("qualifying the judge") as progress:
-        trusted, result, measured = trusted_principles(store, config, constitution, judge, progress)
-    if result is not None:
-        logger.info("judge qualification %s (set %s): %s", "measured" if measured else "from the store", result.set_hash,
-                    ", ".join(f"{pid} {q.sensitivity:.0%}" for pid, q in result.principles.items()) or "nothing testable")
-    if trusted.unqualified:
-        logger.warning("judge %s: %s", judge.judge_id, trusted.describe())
-    if not trusted.qualified and any(p.judged for p in constitution.principles):
-        logger.warning("no model-judged principle qualifies: this round is decided by the executable checks alone")
-    return trusted
-
-
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, policy, tokenizer,
-                 prompts: list[Prompt]) -> list[PairRow]:
-    """n completions per prompt from the round's policy; returns the comparisons to judge."""
-    with model_sampler(store, config, rnd.policy_id, backend, rnd.round_id, (policy, tokenizer)) as sampler, \
-            progress_bar(f"sampling completions ({backend})") as progress:
-        completions = sample_for_round(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
-                                       config.sampler.params(), rnd.seed, "train", progress)
-    pairs = pair_samples(completions, rnd.round_id)
-    store.append(pairs)
-    return pairs
-
-
-@task(cache_policy=NO_CACHE)
-def select_max_min_pairs(store: Store, rnd: RoundRow, comparisons: list[PairRow], verdicts) -> list[PairRow]:
-    winners = {pid: v.winner for pid, v in verdicts.items() if v.status == "ok" and v.consistent}
-    completions = store.by_ids(CompletionRow, [c for p in comparisons for c in (p.completion_a, p.completion_b)])
-    pairs = select_max_min(comparisons, winners, list(completions.values()), rnd.round_id)
-    store.append(pairs)
-    return pairs
-
-
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs, trusted: QualificationGate):
-    with progress_bar("judging (both orders)") as progress:
-        return judge_pairs(store, judge, constitution, pairs, progress, trusted.uncounted)
-
-
-@task(cache_policy=NO_CACHE)
-def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, prompts: list[Prompt], verdicts) -> int:
-    tags = {p.prompt_id: p.tags for p in prompts}
-    candidates = [RoutingCandidate(pair_id=p.pair_id, tags=tags.get(p.prompt_id, []), verdict=verdicts[p.pair_id]) for p in pairs]
-    queue = route_spot_checks(candidates, config.routing, rnd.round_id, rnd.seed)
-    store.append(queue)
-    return len(store.review_queue(rnd.round_id))
-
-
 def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
     """None when training may go on; else why the round waits for its reviews.
 
@@ -307,60 +197,16 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str, constitution: Constitution,
-                          candidates, labels) -> AgreementCheck:
-    rows = measure_agreement(candidates, labels, rnd.round_id, judge_id, constitution.content_hash)
+def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str,
+                          constitution: Constitution) -> AgreementCheck:
+    """Human labels (the majority of each reviewed pair) vs the judge's verdicts, stored; under the bars, no training."""
+    candidates = store.training_candidates(rnd.round_id, judge_id, constitution.content_hash)
+    rows = measure_agreement(candidates, human_labels(store.reviews_of_round(rnd.round_id)), rnd.round_id, judge_id,
+                             constitution.content_hash)
     store.append(rows)
     check = config.review.agreement_check(rows)
     (get_run_logger().info if check.passed else get_run_logger().warning)("judge-human agreement: %s", check.reason)
     return check
-
-
-@task(cache_policy=NO_CACHE)
-def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset, judge_id: str, threads: int):
-    launch = None
-    if config.training.processes > 1:
-        def launch() -> None:  # `rlaif train` under accelerate launch; it needs the DuckDB file to itself
-            get_run_logger().info("training on %d processes (accelerate launch)", config.training.processes)
-            with store.released():
-                log = launch_training(config, rnd.round_index, judge_id, threads)
-            get_run_logger().info("distributed training done; log: %s", log)
-    with progress_bar("DPO training steps") as progress:
-        return train_candidate(store, policy, tokenizer, dataset, config.training.dpo_params(), config.training.data_policy(),
-                               rnd.policy_id, rnd.round_id, rnd.round_index, config.artifacts_dir(), rnd.seed, progress,
-                               launch)
-
-
-@task(cache_policy=NO_CACHE)
-def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, candidate, tokenizer, outcome: TrainOutcome,
-                prompts: list[Prompt]):
-    """The candidate and the current policy answer the eval prompts with the round's sampling backend:
-    transformers runs the candidate in memory with its adapter on, then off; vLLM serves the
-    policy's weights and the candidate's adapter per request, from one engine."""
-    params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
-    if backend == "vllm-server" and len(store.model_chain(rnd.policy_id)) > 1:
-        get_run_logger().warning("eval sampling with transformers: a vLLM server serves its base plus one adapter, "
-                                 "and this candidate's parent %s has adapters of its own", rnd.policy_id)
-        backend = "transformers"
-    if backend == "transformers":
-        samplers = nullcontext((TransformersSampler(candidate, tokenizer), None))
-    else:
-        samplers = candidate_and_parent_samplers(store, config, outcome.candidate_id, backend, f"eval-{rnd.round_id}")
-    with samplers as (sampler_a, sampler_b), progress_bar(f"eval: sampling ({backend})") as progress:
-        side_a = sample_side(store, sampler_a, outcome.candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
-                             params, rnd.seed, lambda done, total: progress(done, 2 * total))
-        with candidate.disable_adapter() if sampler_b is None else nullcontext():  # transformers: the same model, adapter off
-            side_b = sample_side(store, sampler_b or sampler_a, rnd.policy_id, rnd.round_id, prompts,
-                                 config.policy.system_prompt, params, rnd.seed, lambda done, total: progress(total + done, 2 * total))
-    return side_a, side_b
-
-
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
-               probes: list[ProbeSet], sides, trusted: QualificationGate) -> EvalOutcome:
-    with progress_bar("eval: judging") as progress:
-        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, *sides, progress,
-                                  uncounted=trusted.uncounted)
 
 
 @task(cache_policy=NO_CACHE)

@@ -72,10 +72,10 @@ def train_round(config: RoundConfig, round_index: int, judge_id: str | None = No
 
 def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | None) -> TrainOutcome | None:
     try:
-        with Store(config.db_path(), read_only=True) as store:  # every process reads; nobody writes yet
+        with Store(config.store, read_only=True) as store:  # every process reads; nobody writes yet
             rnd = store.round_by_index(round_index)
             if rnd is None:
-                raise StoreError(f"{config.db_path()} has no round {round_index}")
+                raise StoreError(f"{store.name} has no round {round_index}")
             judge_id = round_judge(store, rnd, judge_id)
             _check_reviews(store, config, rnd, judge_id)
             policy, tokenizer = load_lineage(store, rnd.policy_id)
@@ -93,7 +93,7 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
     if done is not None:
         return done if state.is_main_process else None
 
-    writer = Store(config.db_path()) if state.is_main_process else None
+    writer = Store(config.store) if state.is_main_process else None
     try:
         def on_step(m: StepMetrics) -> None:  # metrics are already reduced over processes
             if writer is not None:  # stored at once: a crashed run keeps the steps it finished
@@ -141,8 +141,9 @@ def launch_training(config: RoundConfig, round_index: int, judge_id: str, thread
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file, log = run_dir / f"train-round-{round_index:04d}.json", run_dir / f"train-round-{round_index:04d}.log"
     # Absolute store paths: the launched processes must open the same files wherever they start.
-    absolute = config.model_copy(update={"store": config.store.model_copy(
-        update={"path": str(config.db_path().resolve()), "artifacts_dir": str(config.artifacts_dir().resolve())})})
+    absolute = config.model_copy(update={"store": config.store.model_copy(update={
+        "path": str(config.store.file.resolve()) if config.store.kind == "duckdb" else None,
+        "artifacts_dir": str(config.artifacts_dir().resolve())})})
     config_file.write_text(json.dumps(absolute.model_dump(mode="json"), indent=1))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
     command = launch_command(config_file, round_index, judge_id, processes, config.training.bf16)

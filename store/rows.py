@@ -251,6 +251,24 @@ class RoundRow(Row):
     flow_run_id: str | None = None
 
 
+Stage = Literal["qualify", "sampling", "judging", "training", "eval"]
+
+
+class StageRunRow(Row):
+    """A finished stage of a round: its outcome (a model of flows/stages.py) and where it ran."""
+
+    table: ClassVar[str] = "stage_runs"
+    key: ClassVar[tuple[str, ...]] = ("round_id", "stage")
+    round_id: str
+    stage: Stage
+    outcome_json: dict[str, Any]
+    flow_run_id: str | None = None
+    work_pool: str | None = None  # None: inside the round's own process
+    host: str
+    pid: int
+    finished_at: datetime = Field(default_factory=utcnow)
+
+
 class PairRecord(BaseModel):
     """A query result, not a table: a training pair with its texts, token ids and the judge's verdict."""
 

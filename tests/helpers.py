@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
+import urllib.request
+
+import pytest
+
 from store.db import Store
 from store.rows import CompletionRow, PairRow, PromptRow
 
@@ -22,3 +28,28 @@ def seed_pairs(store: Store, texts: list[tuple[str, str, str]], round_id: str = 
     store.append(completions)
     store.append(pairs)
     return pairs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str, every_s: float = 1.0):
+    """Poll `check` until it returns something truthy (returned), or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

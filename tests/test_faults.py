@@ -117,7 +117,7 @@ def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_roun
         summary = rlaif_round(config=config)
     assert summary.status == "finished" and summary.pairs_judged == 8 and summary.eval is not None
     assert server.failed > 0.2 * server.requests  # the endpoint really failed about 30% of the time
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         rnd = store.rounds()[0]
         for purpose in ("train", "eval"):
             pairs = store.pairs(rnd.round_id, purpose)

@@ -103,7 +103,7 @@ def test_a_judge_that_always_answers_a_fails_on_slot_bias_and_its_votes_do_not_c
     assert summary.judge_gate.qualified == []
     assert set(summary.judge_gate.unqualified) == {"on_topic", "safe", "polite"}
     assert all("slot bias +1.00" in why for why in summary.judge_gate.unqualified.values())
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         (row,) = store.qualifications()
         assert row.slot_bias == pytest.approx(1.0) and row.result_json["identical_tie_rate"] == 0.0
         verdicts = next(iter(store.verdicts_of_round(summary.round_id).values()))
@@ -116,7 +116,7 @@ def test_a_judge_that_always_answers_a_fails_on_slot_bias_and_its_votes_do_not_c
         check = v.votes_json["short"]
         assert v.winner == (check if check in ("a", "b") else "tie"), v.rationale
     # status, judge-stats and the report say so
-    runner, db = CliRunner(), str(config.db_path())
+    runner, db = CliRunner(), str(config.store.file)
     status = " ".join(runner.invoke(app, ["status", "--db", db], terminal_width=200).output.split())
     assert "qualification of openai:stub" in status and "│ safe │ 4 │ 0% (0%-49%)" in status and "slot bias +1.00" in status
     stats = " ".join(runner.invoke(app, ["judge-stats", "--db", db], terminal_width=200).output.split())
@@ -132,11 +132,11 @@ def test_a_judge_that_sees_qualifies_and_a_second_round_asks_nothing_to_qualify(
     with StubOpenAIServer(mode="sees", violations=stub_violations(tmp_path / "qualification.yaml")) as server:
         config = openai_config(round_config, tmp_path, server)
         first = rlaif_round(config=config)
-        with Store(config.db_path(), read_only=True) as store:
+        with Store(config.store, read_only=True) as store:
             judgments_before = store.count_rows()["judgments"]
         requests_before = server.requests
         second = rlaif_round(config=config)
-        with Store(config.db_path(), read_only=True) as store:
+        with Store(config.store, read_only=True) as store:
             new_judgments = store.count_rows()["judgments"] - judgments_before
             (row,) = store.qualifications()
     # safe and polite have held-out violations, and this judge sees them all; on_topic's off-topic
@@ -159,7 +159,7 @@ def test_require_qualified_refuses_before_sampling(round_config, tmp_path, prefe
         result = CliRunner().invoke(app, ["round", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert "require_qualified" in result.output and "refusing the round before sampling" in result.output
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         rows = store.count_rows()
         (rnd,) = store.rounds()
     assert rows["completions"] == 0 and rows["pairs"] == 0

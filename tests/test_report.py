@@ -43,7 +43,7 @@ def test_the_html_report_has_every_plot_labelled_and_the_markdown_every_round(tw
     from evals.report_data import build_report
 
     config, _, summaries = two_rounds
-    db = str(config.db_path())
+    db = str(config.store.file)
     out = tmp_path / "report.html"
     done = runner.invoke(app, ["report", "2", "--db", db, "--out", str(out)])
     assert done.exit_code == 0 and f"wrote {out}" in done.output, done.output
@@ -83,7 +83,7 @@ def test_a_round_that_trained_nothing_says_why_instead_of_drawing_empty_plots(pr
     summary = rlaif_round(config=config)
     assert not summary.train.trained
     out = tmp_path / "report.html"
-    done = runner.invoke(app, ["report", "1", "--db", str(config.db_path()), "--out", str(out)])
+    done = runner.invoke(app, ["report", "1", "--db", str(config.store.file), "--out", str(out)])
     assert done.exit_code == 0, done.output
     html = out.read_text()
     parser = Images()
@@ -99,7 +99,7 @@ def test_compare_runs_the_held_out_comparison_for_any_two_stored_models(two_roun
     done = runner.invoke(app, ["compare", first, base, "--config", str(config_file)], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     assert "length-controlled win rate of A" in done.output and "probe: sycophancy" in done.output
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         compare_ids = {r.round_id for r in store.rounds()}
         assert compare_ids == {"round-0001", "round-0002"}  # a comparison is not a round
     missing = runner.invoke(app, ["compare", "nope", base, "--config", str(config_file)])

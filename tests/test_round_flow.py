@@ -26,7 +26,7 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
     assert ev.candidate.model_id == summary.candidate_id and ev.baseline.model_id == summary.policy_id
     assert "short" in ev.candidate.principle_pass and "short" in ev.baseline.principle_pass
 
-    with Store(round_config.db_path(), read_only=True) as store:
+    with Store(round_config.store, read_only=True) as store:
         counts = store.count_rows()
         assert counts["prompts"] == 220
         assert counts["completions"] == 8 * 2 + 3 * 2          # train pairs + (candidate, baseline) per held-out prompt
@@ -50,7 +50,7 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         assert {e.metric for e in store.evals(rnd.round_id)} >= {"win_rate", "lc_win_rate", "pass:short:candidate"}
 
     again = rlaif_round(config=round_config, round_index=1)
-    with Store(round_config.db_path(), read_only=True) as store:
+    with Store(round_config.store, read_only=True) as store:
         assert store.count_rows() == counts
     assert again.candidate_id == summary.candidate_id and again.eval == summary.eval
 
@@ -58,7 +58,7 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
     mixing = round_config.model_copy(update={"training": round_config.training.model_copy(update={"mix_rounds": 1})})
     second = rlaif_round(config=mixing)
     assert second.round_index == 2 and second.policy_id == summary.candidate_id
-    with Store(round_config.db_path(), read_only=True) as store:
+    with Store(round_config.store, read_only=True) as store:
         (run,) = [r for r in store.by_ids(TrainRunRow, [second.train.run_id]).values()]
         assert run.config_json["mix_rounds"] == 1
         assert run.n_pairs >= summary.train.n_pairs  # round 1's trustworthy pairs are in round 2's data
@@ -75,7 +75,7 @@ def test_a_candidate_that_loses_is_not_promoted_and_the_next_round_samples_the_o
     assert not first.promoted and first.decision.startswith("not promoted, the current policy stays: length-controlled")
     second = rlaif_round(config=config)
     assert second.round_index == 2 and second.policy_id == first.policy_id  # still the base model
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         (candidate,) = store.by_ids(ModelRow, [first.candidate_id]).values()
         assert not candidate.promoted and candidate.promotion_reason == first.decision
         assert store.rounds()[1].policy_id == first.policy_id
@@ -90,7 +90,7 @@ def test_round_without_enough_trustworthy_pairs_does_not_train(prefect_harness, 
     summary = rlaif_round(config=config)
     assert not summary.train.trained and not summary.promoted and summary.eval is None
     assert "min_pairs 1000" in summary.decision
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         assert store.count_rows()["train_metrics"] == 0 and store.count_rows()["models"] == 1
         assert store.rounds()[0].status_reason == summary.decision
 
@@ -102,7 +102,7 @@ def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_
     summary = rlaif_round(config=config)
     assert summary.sampling_backend == "transformers"
     assert summary.pairs_judged == 8 * 3  # every two of 3 samples, 8 prompts
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         rnd = store.rounds()[0]
         pairs = store.pairs(rnd.round_id, "train")
         robin = [p for p in pairs if p.pairing == "round_robin"]
@@ -135,7 +135,8 @@ def test_rounds_sampled_by_the_vllm_engine_follow_the_promoted_lineage(prefect_h
     Stored sampling logprobs must equal a transformers forward of the model that sampled them (its
     lineage merged in memory): that proves vLLM served exactly that model.
     """
-    from flows.round import load_policy, rlaif_round
+    from flows.round import rlaif_round
+    from flows.stages import load_policy
     from lm.loading import encode_chat
     from lm.logprobs import collate, sequence_logps
 
@@ -178,7 +179,7 @@ principles:
         gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
         return sum(gaps) / len(gaps)
 
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         for summary in summaries:
             rnd = store.round_by_index(summary.round_index)
             pairs = store.pairs(rnd.round_id, "train")
@@ -209,7 +210,7 @@ def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefe
     waiting = rlaif_round(config=config)
     assert waiting.status == "waiting_for_review" and not waiting.train.trained and "waiting for reviews: 0/" in waiting.decision
 
-    with Store(config.db_path()) as store:
+    with Store(config.store) as store:
         rnd = store.rounds()[0]
         assert rnd.status == "waiting_for_review" and rnd.status_reason == waiting.decision
         add_reviewer(store, "alice")
@@ -227,11 +228,11 @@ def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefe
     assert not summary.agreement.passed and summary.agreement.accuracy == 0.0
     assert not summary.train.trained and summary.candidate_id is None and not summary.promoted
     assert "judge-human agreement too low" in summary.decision
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         assert store.count_rows()["train_runs"] == 0
         overall = [a for a in store.agreement("round-0001") if a.scope == "overall"]
         assert overall[0].accuracy == 0.0 and overall[0].n == summary.agreement.n > 0
-    status = CliRunner().invoke(app, ["status", "--db", str(config.db_path())])
+    status = CliRunner().invoke(app, ["status", "--db", str(config.store.file)])
     assert status.exit_code == 0 and "round 1 (policy" in status.output, status.output
     assert "judge-human agreement too low" in " ".join(status.output.split()), status.output
 
@@ -245,11 +246,11 @@ def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, rou
     config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
     assert rlaif_round(config=config).status == "waiting_for_review"
     runner = CliRunner()
-    added = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.db_path())])
+    added = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.store.file)])
     assert added.exit_code == 0 and "reviewer alice added" in added.output
-    again = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.db_path())])
+    again = runner.invoke(app, ["review", "add-reviewer", "alice", "--db", str(config.store.file)])
     assert again.exit_code == 2 and "already exists" in again.output
-    released = runner.invoke(app, ["review", "release", "1", "--db", str(config.db_path())])
+    released = runner.invoke(app, ["review", "release", "1", "--db", str(config.store.file)])
     assert released.exit_code == 0 and "round 1 released" in released.output, released.output
 
     summary = rlaif_round(config=config)
@@ -262,15 +263,15 @@ def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, rou
     import pyarrow.parquet as pq
 
     for name in ("dpo.jsonl", "dpo.parquet"):
-        exported = runner.invoke(app, ["export", str(config.db_path().parent / name), "--db", str(config.db_path())])
+        exported = runner.invoke(app, ["export", str(config.store.file.parent / name), "--db", str(config.store.file)])
         assert exported.exit_code == 0 and f"wrote {summary.train.audit.n_pairs} pairs of round 1" in exported.output, exported.output
-    rows = [json.loads(line) for line in (config.db_path().parent / "dpo.jsonl").read_text().splitlines()]
-    assert rows == pq.read_table(config.db_path().parent / "dpo.parquet").to_pylist()
+    rows = [json.loads(line) for line in (config.store.file.parent / "dpo.jsonl").read_text().splitlines()]
+    assert rows == pq.read_table(config.store.file.parent / "dpo.parquet").to_pylist()
     assert len(rows) == summary.train.audit.n_pairs and {r["source"] for r in rows} == {"judge"}  # before length balancing
     first = rows[0]
     assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["prompt"][0]["content"] == config.policy.system_prompt
     assert [m["role"] for m in first["chosen"]] == [m["role"] for m in first["rejected"]] == ["assistant"]
-    bad = runner.invoke(app, ["export", str(config.db_path().parent / "dpo.csv"), "--db", str(config.db_path())])
+    bad = runner.invoke(app, ["export", str(config.store.file.parent / "dpo.csv"), "--db", str(config.store.file)])
     assert bad.exit_code == 2 and "use a .jsonl or .parquet" in bad.output
 
 
@@ -298,9 +299,9 @@ def test_a_round_trained_on_two_processes_matches_one_process(prefect_harness, r
     assert two.train.trained and two.candidate_id == one.candidate_id  # same data, same config, same id
     assert two.eval is not None and two.eval.n == 3 and two.promoted
     assert (ddp_dir / "rlaif-artifacts" / "launch" / "train-round-0001.log").is_file()
-    with Store(one_config.db_path(), read_only=True) as store:
+    with Store(one_config.store, read_only=True) as store:
         single = store.train_metrics(one.train.run_id)
-    with Store(two_config.db_path(), read_only=True) as store:
+    with Store(two_config.store, read_only=True) as store:
         ddp = store.train_metrics(two.train.run_id)
         assert store.current_policy().model_id == two.candidate_id
     assert len(single) == len(ddp) >= 2 and two.train.n_pairs >= 3  # some steps hold 2 pairs: one per process
@@ -327,11 +328,11 @@ def test_a_constitution_changed_mid_round_is_refused_and_nothing_is_written(pref
 
     config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
     assert rlaif_round(config=config).status == "waiting_for_review"  # round 1 is unfinished
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         before = store.primary_keys()
     constitution = Path(config.constitution)
     constitution.write_text(constitution.read_text().replace("At most 5 words.", "At most 6 words."))
     with pytest.raises(StoreError, match="Refusing to mix them in one round"):
         rlaif_round(config=config)
-    with Store(config.db_path(), read_only=True) as store:
+    with Store(config.store, read_only=True) as store:
         assert store.primary_keys() == before and store.rounds()[0].status == "waiting_for_review"

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,32 +17,10 @@ import pytest
 
 from store.db import Store
 
+from helpers import free_port, healthy, wait_for
+
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout_s: float, what: str, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def check_nightly(db: Path, env: dict[str, str]) -> None:
@@ -120,7 +95,7 @@ def test_nightly_deployment_runs_suspends_at_the_gate_resumes_and_is_scheduled(r
     config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
     config_file = tmp_path / "nightly.yaml"
     config_file.write_text(json.dumps(config.model_dump(mode="json")))
-    db = config.db_path()
+    db = config.store.file
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "serve")}
     server = subprocess.Popen([RLAIF, "server", "--port", str(port)], env=env, stdout=logs["server"], stderr=subprocess.STDOUT)
     serve = None
