@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import BaseModel
 
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
+from judges.stats import judge_stats
 from store.db import Store, StoreError
-from store.rows import RoundRow
-from training.stage import round_preferences
+from store.rows import ModelRow, RoundRow, Stage
+from training.stage import TrainOutcome, round_preferences
 from training.trainer import StepMetrics
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RoundPoint(BaseModel):
@@ -62,23 +67,22 @@ class Report(BaseModel):
 def build_report(store: Store, round_index: int, max_examples: int = 8) -> Report:
     rnd = store.round_by_index(round_index)
     if rnd is None:
-        raise StoreError(f"{store.path} has no round {round_index}")
-    summary = rnd.summary_json or {}
-    train = summary.get("train") or {}
-    judge_id = summary.get("judge_id")
+        raise StoreError(f"{store.name} has no round {round_index}")
+    judge_id = rnd.judge_id
+    train = stage_outcome(store, rnd, "training", TrainOutcome)
     preferences = round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash) if judge_id else []
     examples = sorted(preferences, key=lambda r: (r.source != "human", -r.confidence))[:max_examples]
-    steps = store.train_metrics(train["run_id"]) if train.get("run_id") else []
+    steps = store.train_metrics(rnd.train_run_id) if rnd.train_run_id else []
     qualification = next((q for q in store.qualifications()
                           if q.judge_id == judge_id and q.constitution_hash == rnd.constitution_hash), None)
     return Report(
         round_index=rnd.round_index, round_id=rnd.round_id, status=rnd.status, decision=rnd.status_reason or rnd.status,
-        policy_id=rnd.policy_id, candidate_id=summary.get("candidate_id"), judge_id=judge_id,
+        policy_id=rnd.policy_id, candidate_id=rnd.candidate_id, judge_id=judge_id,
         qualification=QualificationResult.model_validate(qualification.result_json) if qualification else None,
-        judge_gate=QualificationGate.model_validate(summary["judge_gate"]) if summary.get("judge_gate") else None,
-        train_reason=train.get("reason"), audit=train.get("audit"),
-        eval=EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None,
-        history=[_round_point(store, r) for r in store.rounds() if r.round_index <= round_index],
+        judge_gate=stage_outcome(store, rnd, "qualify", QualificationGate),
+        train_reason=train.reason if train else None, audit=train.audit.model_dump() if train and train.audit else None,
+        eval=stage_outcome(store, rnd, "eval", EvalOutcome),
+        history=[round_point(store, r) for r in store.rounds() if r.round_index <= round_index],
         steps=[StepMetrics(**m.model_dump(exclude={"run_id"})) for m in steps],
         chosen_lengths=[len(r.chosen_ids) for r in preferences], rejected_lengths=[len(r.rejected_ids) for r in preferences],
         examples=[ExamplePair(prompt=r.prompt, chosen=r.chosen_text, rejected=r.rejected_text, source=r.source,
@@ -86,19 +90,22 @@ def build_report(store: Store, round_index: int, max_examples: int = 8) -> Repor
     )
 
 
-def _has_current_eval(summary: dict) -> bool:
-    return bool(summary.get("eval")) and "lc_win_rate" in summary["eval"]  # rounds from before LC have none
+def stage_outcome(store: Store, rnd: RoundRow, stage: Stage, model: type[M]) -> M | None:
+    """A finished stage's outcome as its typed model (None if the round did not get that far)."""
+    row = store.stage_run(rnd.round_id, stage)
+    return None if row is None else model.model_validate(row.outcome_json)
 
 
-def _round_point(store: Store, rnd: RoundRow) -> RoundPoint:
-    summary = rnd.summary_json or {}
-    ev = EvalOutcome.model_validate(summary["eval"]) if _has_current_eval(summary) else None
+def round_point(store: Store, rnd: RoundRow) -> RoundPoint:
+    ev = stage_outcome(store, rnd, "eval", EvalOutcome)
     overall = next((a for a in store.agreement(rnd.round_id) if a.scope == "overall"), None)
+    candidate = store.by_ids(ModelRow, [rnd.candidate_id]).get(rnd.candidate_id) if rnd.candidate_id else None
+    verdicts = store.verdicts_of_round(rnd.round_id).get((rnd.judge_id, rnd.constitution_hash)) if rnd.judge_id else None
     return RoundPoint(
-        round_index=rnd.round_index, status=rnd.status, promoted=bool(summary.get("promoted")),
+        round_index=rnd.round_index, status=rnd.status, promoted=bool(candidate and candidate.promoted),
         promotion_bar=(rnd.config_json.get("eval") or {}).get("min_lc_win_rate"),
         win_rate=ev and ev.win_rate, win_rate_low=ev and ev.win_rate_low, win_rate_high=ev and ev.win_rate_high,
-        lc_win_rate=ev and ev.lc_win_rate, position_consistency=summary.get("position_consistency"),
+        lc_win_rate=ev and ev.lc_win_rate, position_consistency=judge_stats(verdicts).position_consistency if verdicts else None,
         kappa=overall.kappa if overall else None,
         candidate_pass=ev.candidate.principle_pass if ev else {}, baseline_pass=ev.baseline.principle_pass if ev else {},
         policy_lengths=[c.completion_tokens for c in store.completions(rnd.round_id, "train")],

@@ -26,7 +26,7 @@ from judges.server import JudgeServerError
 from prompts.loader import PromptError
 from review.session import ReviewError
 from store.db import Store, StoreError
-from store.location import StoreLocation, parse_location
+from store.location import LAKE_PREFIX, StoreLocation, parse_location
 from store.rows import RoundRow
 
 console = Console()
@@ -56,13 +56,21 @@ def guard(fn: F) -> F:
     return command  # type: ignore[return-value]
 
 
-def store_location(db: Optional[Path], config: Optional[Path] = None) -> StoreLocation:
+def store_location(db: Optional[str], config: Optional[Path] = None) -> StoreLocation:
     """The one `--db` rule: --db, else the config's store, else ./rlaif.duckdb."""
     if db is not None:
         return parse_location(db)
     if config is not None:
         return load_config(config).store
     return StoreLocation()
+
+
+def absolute_db(db: Optional[str]) -> Optional[str]:
+    """A `--db` for another process (a flow run, a deployment): a file made absolute, a lake as given
+    (a string, not a Path: a connection string may hold slashes a Path would fold)."""
+    if db is None:
+        return None
+    return db if db.startswith(LAKE_PREFIX) else str(Path(db).resolve())
 
 
 def existing_store(location: StoreLocation, read_only: bool = False) -> Store:

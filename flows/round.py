@@ -97,10 +97,11 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
             store.finish_round(rnd.round_id, "failed", f"{type(exc).__name__}: {exc}", {})
             raise
         if summary.status == "waiting_for_review":
-            store.set_round_status(rnd.round_id, summary.status, summary.decision)
+            store.set_round_status(rnd.round_id, summary.status, summary.decision, summary.judge_id)
             logger.warning("round %d is waiting for reviews: %s", rnd.round_index, summary.decision)
             return summary
-        store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"))
+        store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"), summary.judge_id,
+                           summary.candidate_id, summary.train.run_id)
         logger.info("round %d finished: %s", rnd.round_index, summary.decision)
         return summary
 

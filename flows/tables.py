@@ -1,14 +1,26 @@
-"""Tables the CLI and the benchmarks print (rich), so a number reads the same wherever it is shown."""
+"""Tables the CLI and the benchmarks print (rich), so a number reads the same wherever it is shown.
+Each function takes typed data and returns renderables; none of them reads the store."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from pydantic import BaseModel
 from rich.table import Table
 
+from evals.report_data import RoundPoint
+from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
+from judges.stats import Agreement, JudgeStats
+from store.rows import AgreementRow
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def qualification_table(result: QualificationResult, trusted: QualificationGate | None = None) -> Table:
@@ -24,4 +36,110 @@ def qualification_table(result: QualificationResult, trusted: QualificationGate 
     bias = "-" if result.slot_bias is None else f"{result.slot_bias:+.2f}"
     table.caption = (f"position consistency {pct(result.position_consistency)}; slot bias {bias} on identical answers "
                      f"({pct(result.identical_tie_rate)} tie); {result.seconds_per_pair:.2f} s per pair (both orders)")
+    return table
+
+
+def summary_table(s) -> Table:
+    """A finished round (flows.round.RoundSummary) as label / value rows."""
+    table = Table(title=f"round {s.round_index} summary", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    table.add_row("pairs judged (both orders)", str(s.pairs_judged))
+    table.add_row("position consistency", f"{pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
+    table.add_row("invalid judgments", pct(s.invalid_rate))
+    table.add_row("judge qualification", s.judge_gate.describe())
+    table.add_row("spot-checks queued", str(s.spot_checks_queued))
+    table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
+    table.add_row("DPO pairs", str(s.train.n_pairs))
+    table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
+    table.add_row("candidate win rate", "-" if s.eval is None else
+                  f"{s.eval.win_rate:.2f} (95% CI {s.eval.win_rate_low:.2f}-{s.eval.win_rate_high:.2f}, n={s.eval.n}, "
+                  f"W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")
+    table.add_row("length-controlled win rate", "-" if s.eval is None else f"{s.eval.lc_win_rate:.2f}")
+    table.add_row("promoted?", "yes" if s.promoted else "no")
+    table.add_row("decision", s.decision)
+    return table
+
+
+class StatusLine(BaseModel):
+    """One round of `rlaif status`: its point on the report's history plus what the table adds."""
+
+    point: RoundPoint
+    pairs: int       # judged pairs (the round's judge)
+    queued: int      # spot-checks queued
+    reviewed: int    # ... of which have a human label
+    first_loss: float | None
+    last_loss: float | None
+
+
+def status_table(where: str, lines: Sequence[StatusLine]) -> Table:
+    """Rounds at a glance, readable in an 80-column terminal: short headers, one number per column."""
+    table = Table(title=f"rounds in {where}", title_justify="left")
+    for col, justify in (("#", "right"), ("status", "left"), ("pairs", "right"), ("consist", "right"),
+                         ("reviewed", "right"), ("κ", "right"), ("loss", "left"), ("LC win", "right"), ("promoted", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for line in lines:
+        p = line.point
+        loss = "-" if line.first_loss is None else f"{line.first_loss:.2f}→{line.last_loss:.2f}"
+        table.add_row(str(p.round_index), p.status.replace("waiting_for_review", "waiting"), str(line.pairs),
+                      pct(p.position_consistency), f"{line.reviewed}/{line.queued}", num(p.kappa, 2), loss,
+                      num(p.lc_win_rate, 2), "yes" if p.promoted else "no")
+    return table
+
+
+def agreement_table(round_index: int, rows: Sequence[AgreementRow]) -> Table:
+    table = Table(title=f"judge-human agreement, round {round_index}")
+    for col in ("scope", "subject", "n", "accuracy", "kappa"):
+        table.add_column(col)
+    for a in rows:
+        table.add_row(a.scope, a.subject or "all", str(a.n), pct(a.accuracy), num(a.kappa, 2))
+    return table
+
+
+def counts_table(counts: dict[str, int]) -> Table:
+    table = Table(title="rows per table")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    return table
+
+
+def judge_stats_tables(round_index: int, stats: dict[tuple[str, str], JudgeStats]) -> list[Table]:
+    """Every judge of a round: consistency, ties, invalids, then each judge's combined principle votes."""
+    table = Table(title=f"judges on round {round_index}")
+    for col in ("judge", "constitution", "pairs", "position consistency", "ties", "invalid"):
+        table.add_column(col)
+    for (judge_id, chash), s in stats.items():
+        table.add_row(judge_id, chash, str(s.pairs), pct(s.position_consistency), pct(s.tie_rate), pct(s.invalid_rate))
+    tables = [table]
+    for (judge_id, _), s in stats.items():
+        votes = Table(title=f"combined principle votes: {judge_id}")
+        for col in ("principle", "a", "b", "tie", "n/a"):
+            votes.add_column(col)
+        for principle, counts in s.principle_votes.items():
+            votes.add_row(principle, *(str(counts[k]) for k in ("a", "b", "tie", "n/a")))
+        tables.append(votes)
+    return tables
+
+
+def judges_agreement_line(left: str, right: str, a: Agreement) -> str:
+    return f"agreement {left} vs {right}: {pct(a.accuracy)} same winner, kappa {num(a.kappa, 2)} (n={a.n})"
+
+
+def comparison_table(model_a: str, model_b: str, ev: EvalOutcome) -> Table:
+    """`rlaif compare`: A's win rates against B, and both models' lengths and pass rates."""
+    table = Table(title=f"{model_a} (A) vs {model_b} (B) on {ev.n} held-out prompts")
+    for col in ("metric", "A", "B"):
+        table.add_column(col)
+    table.add_row("win rate of A (95% CI)", f"{ev.win_rate:.2f} ({ev.win_rate_low:.2f}-{ev.win_rate_high:.2f}), "
+                  f"W/L/T {ev.wins}/{ev.losses}/{ev.ties}", "")
+    table.add_row("length-controlled win rate of A", f"{ev.lc_win_rate:.2f}", "")
+    table.add_row("judge position consistency", pct(ev.consistency), "")
+    table.add_row("mean / median tokens", f"{ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f}",
+                  f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f}")
+    for pid, rate in ev.candidate.principle_pass.items():
+        table.add_row(f"pass: {pid}", pct(rate), pct(ev.baseline.principle_pass.get(pid)))
+    for name, rate in ev.candidate.probe_pass.items():
+        table.add_row(f"probe: {name}", pct(rate), pct(ev.baseline.probe_pass.get(name)))
     return table

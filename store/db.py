@@ -374,9 +374,12 @@ class Store:
     def _count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
-    def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict) -> None:
-        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ? WHERE round_id = ?",
-                    [status, reason, json.dumps(summary), utcnow(), round_id])
+    def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict, judge_id: str | None = None,
+                     candidate_id: str | None = None, train_run_id: str | None = None) -> None:
+        """A round ends (finished or failed): its status, the summary for people, the ids for code."""
+        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ?, judge_id = ?, "
+                    "candidate_id = ?, train_run_id = ? WHERE round_id = ?",
+                    [status, reason, json.dumps(summary), utcnow(), judge_id, candidate_id, train_run_id, round_id])
 
     def set_promotion(self, model_id: str, promoted: bool, reason: str) -> None:
         self._write("UPDATE models SET promoted = ?, promotion_reason = ? WHERE model_id = ?", [promoted, reason, model_id])
@@ -546,8 +549,9 @@ class Store:
         """A reviewer's undo: the one row the product ever removes (it was a human's slip, not data)."""
         self._write("DELETE FROM reviews WHERE review_id = ?", [review_id])
 
-    def set_round_status(self, round_id: str, status: str, reason: str | None) -> None:
-        self._write("UPDATE rounds SET status = ?, status_reason = ? WHERE round_id = ?", [status, reason, round_id])
+    def set_round_status(self, round_id: str, status: str, reason: str | None, judge_id: str | None = None) -> None:
+        self._write("UPDATE rounds SET status = ?, status_reason = ?, judge_id = coalesce(?, judge_id) WHERE round_id = ?",
+                    [status, reason, judge_id, round_id])
 
     def set_flow_run(self, round_id: str, flow_run_id: str) -> None:
         self._write("UPDATE rounds SET flow_run_id = ? WHERE round_id = ?", [flow_run_id, round_id])

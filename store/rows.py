@@ -249,6 +249,9 @@ class RoundRow(Row):
     finished_at: datetime | None = None
     review_released: bool = False
     flow_run_id: str | None = None
+    judge_id: str | None = None      # whose verdicts the round trains on (set once it has judged)
+    candidate_id: str | None = None  # the adapter it trained, if any
+    train_run_id: str | None = None
 
 
 Stage = Literal["qualify", "sampling", "judging", "training", "eval"]

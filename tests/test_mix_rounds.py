@@ -21,7 +21,7 @@ def finished_round(store: Store, index: int) -> None:
     store.append([PairRow(pair_id=f"pair{index}", round_id=round_id, prompt_id=f"p{index}", purpose="train",
                           completion_a=f"c{index}-0", completion_b=f"c{index}-1")])
     store.append([RoundRow(round_id=round_id, round_index=index, status="finished", policy_id="m", constitution_hash="c",
-                           seed=0, config_json={}, summary_json={"judge_id": "j"})])
+                           seed=0, config_json={}, judge_id="j")])
     store.append([VerdictRow(pair_id=f"pair{index}", judge_id="j", constitution_hash="c", status="ok", winner="a",
                              consistent=True, confidence=0.8, score=0.8, votes_json={}, rationale="a in both orders",
                              judgment_ab="x", judgment_ba="y")])

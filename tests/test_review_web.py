@@ -355,7 +355,7 @@ def test_while_a_round_holds_the_database_the_page_says_who_and_then_recovers(ma
         holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from store.db import Store
-            s = Store({str(site.store.path)!r})
+            s = Store({str(site.store.location.file)!r})
             s.note("round 2: training")
             print("ready", flush=True)
             sys.stdin.readline()

@@ -90,11 +90,10 @@ def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[P
     Their completions were sampled by older policies, so their recorded log-probs are not this
     round's reference: they are dropped, and the trainer recomputes the reference.
     """
-    finished = [r for r in store.rounds() if r.round_index < round_index and r.status == "finished"
-                and (r.summary_json or {}).get("judge_id")]
+    finished = [r for r in store.rounds() if r.round_index < round_index and r.status == "finished" and r.judge_id]
     records = []
     for rnd in finished[-n_rounds:] if n_rounds else []:
-        for r in round_preferences(store, rnd.round_id, rnd.summary_json["judge_id"], rnd.constitution_hash):
+        for r in round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash):
             records.append(r.model_copy(update={"chosen_logp": None, "rejected_logp": None}))
     return records
 

@@ -12,3 +12,9 @@ CREATE TABLE stage_runs (
     finished_at       TIMESTAMP NOT NULL,
     PRIMARY KEY (round_id, stage)
 );
+
+-- What other code reads of a round, as typed columns (set when the round ends or waits for reviews):
+-- the judge whose verdicts it trains on, its candidate and the candidate's train run.
+ALTER TABLE rounds ADD COLUMN judge_id VARCHAR;
+ALTER TABLE rounds ADD COLUMN candidate_id VARCHAR;
+ALTER TABLE rounds ADD COLUMN train_run_id VARCHAR;

@@ -1,0 +1,131 @@
+"""`rlaif status`, `judge-stats`, `export`, `report`: read the store, change nothing.
+
+With a ducklake store they work while a round writes; a DuckDB file is locked by a running round.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from flows.cli_common import CONFIG_OPTION, DB_OPTION, console, existing_store, fail, guard, round_or_latest, store_location
+from flows.config import ConfigError
+from flows.tables import (
+    StatusLine,
+    agreement_table,
+    counts_table,
+    judge_stats_tables,
+    judges_agreement_line,
+    qualification_table,
+    status_table,
+)
+from judges.qualification import QualificationResult
+from store.db import Store, StoreError
+from store.rows import JudgeQualificationRow, RoundRow
+
+
+def print_qualifications(rows: list[JudgeQualificationRow]) -> None:
+    """Every given judge qualification: per principle, the share of known-answer pairs it got right."""
+    for row in rows:
+        console.print(qualification_table(QualificationResult.model_validate(row.result_json)))
+
+
+def print_judge_stats(store: Store, rnd: RoundRow) -> None:
+    from judges.stats import agreement, judge_stats
+
+    grouped = store.verdicts_of_round(rnd.round_id)
+    if not grouped:
+        console.print(f"round {rnd.round_index} has no judged pairs")
+        return
+    judges = {judge_id for judge_id, _ in grouped}
+    print_qualifications([q for q in store.qualifications() if q.judge_id in judges])
+    for table in judge_stats_tables(rnd.round_index, {key: judge_stats(rows) for key, rows in grouped.items()}):
+        console.print(table)
+    keys = list(grouped)
+    for i, left in enumerate(keys):
+        for right in keys[i + 1:]:
+            console.print(judges_agreement_line(left[0], right[0], agreement(grouped[left], grouped[right])))
+
+
+@guard
+def status(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
+    """Rounds, counts and the last metrics from the store."""
+    from evals.report_data import round_point
+
+    with existing_store(store_location(db, config), read_only=True) as store:
+        rounds, lines = store.rounds(), []
+        for r in rounds:
+            verdicts = store.verdicts_of_round(r.round_id).get((r.judge_id, r.constitution_hash), [])
+            steps = store.train_metrics(r.train_run_id) if r.train_run_id else []
+            reviewed = {v.pair_id for v in store.reviews_of_round(r.round_id) if v.winner != "skip"}
+            lines.append(StatusLine(point=round_point(store, r), pairs=len(verdicts), queued=len(store.review_queue(r.round_id)),
+                                    reviewed=len(reviewed), first_loss=steps[0].loss if steps else None,
+                                    last_loss=steps[-1].loss if steps else None))
+        console.print(status_table(store.name, lines))
+        for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
+            console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
+                          highlight=False, soft_wrap=True)
+        print_qualifications(store.qualifications())
+        latest = store.agreement(rounds[-1].round_id) if rounds else []
+        if latest:
+            console.print(agreement_table(rounds[-1].round_index, latest))
+        console.print(counts_table(store.count_rows()))
+        policy = store.current_policy()
+        console.print(f"current policy: {policy.model_id if policy else '-'} ({policy.kind if policy else ''})")
+
+
+@guard
+def judge_stats(round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
+                db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
+    """Position consistency, tie and invalid rates, per-principle votes, and agreement between judges."""
+    with existing_store(store_location(db, config), read_only=True) as store:
+        print_judge_stats(store, round_or_latest(store, round_index))
+
+
+@guard
+def export(out: Path = typer.Argument(..., help="output file: .jsonl or .parquet"),
+           round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
+           db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
+    """Write a round's DPO dataset (trustworthy pairs, human labels applied) in TRL's prompt/chosen/rejected format."""
+    from training.export import trl_rows, write_rows
+    from training.stage import round_preferences
+
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ConfigError(f"{out}: use a .jsonl or .parquet file name")
+    with existing_store(store_location(db, config), read_only=True) as store:
+        rnd = round_or_latest(store, round_index)
+        if rnd.judge_id is None:
+            raise StoreError(f"round {rnd.round_index} has no finished judging to export (status {rnd.status})")
+        records = round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash)
+        system_prompt = rnd.config_json["policy"]["system_prompt"]
+    write_rows(trl_rows(records, system_prompt, rnd.round_index), out)
+    humans = sum(r.source == "human" for r in records)
+    console.print(f"wrote {len(records)} pairs of round {rnd.round_index} to {escape(str(out))} ({humans} human-labelled)")
+
+
+@guard
+def report(round_index: int = typer.Argument(..., metavar="ROUND"),
+           fmt: str = typer.Option("html", "--format", help="html (a self-contained page with plots) or md (Markdown)"),
+           out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: rlaif-round-N.html; md prints)"),
+           db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
+    """A round's report: win rates, principles, lengths, training curves, judge trust, example pairs."""
+    from evals.report import render_html, render_markdown
+    from evals.report_data import build_report
+
+    if fmt not in ("html", "md"):
+        fail(f"--format {fmt}: use html or md", 2)
+    with existing_store(store_location(db, config), read_only=True) as store:
+        data = build_report(store, round_index)
+    if fmt == "md" and out is None:
+        sys.stdout.write(render_markdown(data))
+        return
+    target = out or Path(f"rlaif-round-{round_index}.html")
+    text = render_markdown(data) if fmt == "md" else render_html(data)
+    partial = target.with_name(target.name + ".partial")  # never a half-written report
+    partial.write_text(text)
+    partial.rename(target)
+    console.print(f"wrote {target}", highlight=False, soft_wrap=True)
