@@ -62,7 +62,8 @@ demo: setup
 	$(BIN)/rlaif demo
 
 # Lint: ruff over the product code, its tests and benchmarks (rules in pyproject.toml).
-LINTED := flows judges constitution training evals sampling store review lm prompts tests benchmarks
+PRODUCT := flows judges constitution training evals sampling store review lm prompts inputs
+LINTED  := $(PRODUCT) tests benchmarks
 
 lint: setup-test
 	$(BIN)/ruff check $(LINTED)

@@ -133,7 +133,8 @@ def pair_tokens(p: dict) -> int:
 
 
 def train_ours(args) -> dict:
-    from training.trainer import DPOParams, PreferencePair, add_lora, plan_steps, train_dpo
+    from training.pairs import PreferencePair
+    from training.trainer import DPOParams, add_lora, plan_steps, train_dpo
 
     threads = set_threads(args.threads)
     raw = json.loads(args.data.read_text())

@@ -159,7 +159,8 @@ def random_pairs(checkpoint: Path, n: int, completion_tokens: tuple[int, int], s
 def train_losses(checkpoint: Path, pairs: list[dict], device: str, bf16: bool, checkpointing: bool) -> list[float]:
     """Per-step losses of our trainer (run in a child process: accelerate's state is per process)."""
     from lm.loading import load_model, load_tokenizer
-    from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
+    from training.pairs import PreferencePair
+    from training.trainer import DPOParams, add_lora, train_dpo
 
     params = DPOParams(batch_size=4, epochs=2, lora_r=4, learning_rate=1e-2, bf16=bf16, gradient_checkpointing=checkpointing,
                        shuffle=False, reference="forward")

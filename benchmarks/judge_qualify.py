@@ -27,11 +27,13 @@ sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
 
-from constitution.loader import load_constitution, load_yaml  # noqa: E402
+from constitution.loader import load_constitution  # noqa: E402
 from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import build_judge, judge_gate, judge_server, qualification_for  # noqa: E402
+from flows.judging import judge_gate, judge_server, qualification_for  # noqa: E402
 from flows.progress import progress_bar  # noqa: E402
 from flows.tables import qualification_table  # noqa: E402
+from inputs.files import load_yaml  # noqa: E402
+from judges.config import build_judge  # noqa: E402
 from lm.loading import set_threads  # noqa: E402
 
 
@@ -62,7 +64,7 @@ def main() -> None:
 
     started = time.perf_counter()
     with judge_server(config):
-        judge = build_judge(config)
+        judge = build_judge(config.judge)
         with progress_bar(f"qualifying ({args.split})") as progress:
             result, _ = qualification_for(None, config, constitution, judge, args.split, progress)
     trusted = judge_gate(config, constitution, result)

@@ -32,8 +32,8 @@ from prefect import Task, flow  # noqa: E402
 
 import flows.round as round_module  # noqa: E402
 import flows.stages as stages_module  # noqa: E402
-from constitution.loader import load_yaml  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
+from inputs.files import load_yaml  # noqa: E402
 from store.db import Store  # noqa: E402
 
 spent = {"store": 0.0, "model": 0.0}

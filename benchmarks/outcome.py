@@ -27,12 +27,12 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from constitution.loader import load_yaml  # noqa: E402
 from evals.report import render_html  # noqa: E402
 from evals.report_data import build_report  # noqa: E402
 from flows.compare import compare_models  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from flows.loop import rlaif_loop  # noqa: E402
+from inputs.files import load_yaml  # noqa: E402
 from store.db import Store  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from evals.report_data import RoundPoint  # noqa: E402
-from training.trainer import StepMetrics  # noqa: E402
+from store.rows import StepMetrics  # noqa: E402
 
 NAN = float("nan")
 

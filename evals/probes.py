@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from constitution.loader import Check, format_validation_error, read_yaml_mapping
+from constitution.loader import Check
+from inputs.files import format_validation_error, read_yaml_mapping
 from prompts.loader import BUNDLED_PREFIX, Prompt
 
 

@@ -10,9 +10,9 @@ from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import judge_stats
 from store.db import Store, StoreError
-from store.rows import ModelRow, RoundRow, Stage
-from training.stage import TrainOutcome, round_preferences
-from training.trainer import StepMetrics
+from store.rows import ModelRow, RoundRow, Stage, StepMetrics
+from training.candidate import TrainOutcome
+from training.data import round_preferences
 
 M = TypeVar("M", bound=BaseModel)
 

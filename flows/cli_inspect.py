@@ -91,8 +91,8 @@ def export(out: Path = typer.Argument(..., help="output file: .jsonl or .parquet
            round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
            db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
     """Write a round's DPO dataset (trustworthy pairs, human labels applied) in TRL's prompt/chosen/rejected format."""
+    from training.data import round_preferences
     from training.export import trl_rows, write_rows
-    from training.stage import round_preferences
 
     if out.suffix not in (".jsonl", ".parquet"):
         raise ConfigError(f"{out}: use a .jsonl or .parquet file name")

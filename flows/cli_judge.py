@@ -30,8 +30,9 @@ def judge(
     if config is None:
         raise ConfigError("rlaif judge needs --config (or a subcommand: rlaif judge qualify --config C)")
     from constitution.loader import load_constitution
-    from flows.judging import build_judge, judge_server, trusted_principles
+    from flows.judging import judge_server, trusted_principles
     from flows.progress import progress_bar
+    from judges.config import build_judge
     from judges.stage import judge_pairs
 
     cfg = checked_config(load_config(config), db)
@@ -39,7 +40,7 @@ def judge(
     with Store(cfg.store) as store, judge_server(cfg):
         rnd = round_or_latest(store, round_index)
         pairs = store.pairs(rnd.round_id, "train")
-        judge_ = build_judge(cfg)
+        judge_ = build_judge(cfg.judge)
         with progress_bar("qualifying the judge") as progress:
             trusted, _, _ = trusted_principles(store, cfg, constitution, judge_, progress)
         with progress_bar("judging (both orders)") as progress:
@@ -67,14 +68,15 @@ def judge_qualify(
 ) -> None:
     """Can the config's judge see each principle? Measured on held-out violations, stored, and shown."""
     from constitution.loader import load_constitution
-    from flows.judging import build_judge, judge_gate, judge_server, qualification_for
+    from flows.judging import judge_gate, judge_server, qualification_for
     from flows.progress import progress_bar
     from flows.tables import qualification_table
+    from judges.config import build_judge
 
     cfg = checked_config(load_config(config), db)
     constitution = load_constitution(cfg.constitution)
     with Store(cfg.store) as store, judge_server(cfg):
-        judge_ = build_judge(cfg)
+        judge_ = build_judge(cfg.judge)
         with progress_bar("qualifying the judge") as progress:
             result, measured = qualification_for(store, cfg, constitution, judge_, "qualify", progress)
     trusted = judge_gate(cfg, constitution, result)

@@ -6,9 +6,10 @@ from constitution.loader import load_constitution
 from evals.probes import load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
-from flows.judging import build_judge, judge_server, trusted_principles
+from flows.judging import judge_server, trusted_principles
 from flows.policy import model_sampler
 from flows.progress import progress_bar
+from judges.config import build_judge
 from prompts.loader import load_prompts, select_heldout_prompts
 from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
@@ -43,7 +44,7 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
                 sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.policy.system_prompt, params,
                                          seed, progress))
         with judge_server(config):
-            judge = build_judge(config)
+            judge = build_judge(config.judge)
             with progress_bar("qualifying the judge") as progress:
                 trusted, _, _ = trusted_principles(store, config, constitution, judge, progress)
             with progress_bar("judging (both orders)") as progress:

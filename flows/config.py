@@ -14,17 +14,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from constitution.loader import format_validation_error, read_yaml_mapping
-from judges.local_logprob import Formulation
-from judges.openai_judge import OpenAIJudgeSettings
-from judges.server import JudgeServerSettings
+from inputs.files import format_validation_error, read_yaml_mapping
+from judges.config import JudgeConfig
 from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
 from store.location import StoreLocation, parse_location
 from store.rows import AgreementRow
-from training.stage import DataPolicy
+from training.data import DataPolicy
 from training.trainer import DPOParams
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -60,38 +58,6 @@ class SamplerConfig(SamplingParams):
 
     def params(self) -> SamplingParams:
         return SamplingParams(**self.model_dump(include=set(SamplingParams.model_fields)))
-
-
-class JudgeConfig(_Section):
-    kind: Literal["local_logprob", "openai"] = "local_logprob"
-    # local_logprob: a local transformers model, verdict read from next-token probabilities
-    model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
-    formulation: Formulation = Field(
-        default="pointwise_fewshot",
-        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in README)")
-    batch_size: int = Field(default=8, gt=0)
-    tie_margin: float = Field(default=0.02, ge=0, lt=1, description="|score| below this is a tie (0.02: chosen on the "
-                              "qualification's select split for SmolLM2 pointwise_fewshot, see README)")
-    max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
-    # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
-    openai: OpenAIJudgeSettings | None = None
-    server: JudgeServerSettings | None = Field(
-        default=None, description="a judge server to start for the round (and stop after), unless one answers at base_url")
-    # qualification (judges/qualification.py): can the judge see each principle before its votes count?
-    qualify: bool = Field(default=True, description="qualify the judge at the start of a round (cached per judge and constitution)")
-    qualification_prompts: int = Field(default=12, ge=2, description="held-out prompts the qualification set is built from")
-    qualification_max_new_tokens: int = Field(default=64, gt=0, description="length of the policy answers it uses")
-    min_sensitivity: float = Field(default=0.7, ge=0, le=1,
-                                   description="a model-judged principle counts only if the judge's sensitivity reaches this")
-    max_slot_bias: float = Field(default=0.2, ge=0, le=1,
-                                 description="a judge leaning to one slot by more than this on identical answers counts on nothing")
-    require_qualified: bool = Field(default=False, description="refuse the round (before sampling) when no model-judged principle qualifies")
-
-    @model_validator(mode="after")
-    def _backend_settings(self) -> JudgeConfig:
-        if self.kind == "openai" and self.openai is None:
-            raise ValueError("judge.kind is openai but the judge.openai section (base_url, model, ...) is missing")
-        return self
 
 
 class ReviewConfig(_Section):

@@ -11,8 +11,6 @@ from contextlib import contextmanager
 
 from constitution.loader import Constitution
 from flows.config import RoundConfig
-from judges.local_logprob import LocalLogprobJudge
-from judges.openai_judge import OpenAIJudge
 from judges.qualification import (
     QualificationGate,
     QualificationResult,
@@ -36,17 +34,6 @@ Progress = Callable[[int, int], None]
 
 class JudgeNotQualified(RuntimeError):
     """judge.require_qualified is set and the judge qualified on no model-judged principle."""
-
-
-def build_judge(config: RoundConfig) -> PairwiseJudge:
-    """The judge the config asks for (its server, if managed, must be running: see judge_server)."""
-    if config.judge.kind == "openai":
-        return OpenAIJudge(config.judge.openai)
-    checkpoint = base_checkpoint(config.judge.model_path)
-    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
-                             batch_size=config.judge.batch_size, tie_margin=config.judge.tie_margin,
-                             max_completion_tokens=config.judge.max_completion_tokens,
-                             formulation=config.judge.formulation)
 
 
 @contextmanager

@@ -31,12 +31,12 @@ from flows.policy import EMBEDDED_PATH
 from flows.stages import RoundContext, deploy_stages, dispatch
 from judges.qualification import QualificationGate
 from prompts.loader import Prompt, load_prompts
-from review.agreement import AgreementCheck, human_labels, measure_agreement
+from review.agreement import AgreementCheck, round_agreement
 from review.session import progress as review_progress
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import ModelRow, PromptRow, RoundRow
-from training.stage import TrainOutcome
+from training.candidate import TrainOutcome
 
 
 class RoundSummary(BaseModel):
@@ -201,9 +201,7 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
 def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str,
                           constitution: Constitution) -> AgreementCheck:
     """Human labels (the majority of each reviewed pair) vs the judge's verdicts, stored; under the bars, no training."""
-    candidates = store.training_candidates(rnd.round_id, judge_id, constitution.content_hash)
-    rows = measure_agreement(candidates, human_labels(store.reviews_of_round(rnd.round_id)), rnd.round_id, judge_id,
-                             constitution.content_hash)
+    rows = round_agreement(store, rnd.round_id, judge_id, constitution.content_hash)
     store.append(rows)
     check = config.review.agreement_check(rows)
     (get_run_logger().info if check.passed else get_run_logger().warning)("judge-human agreement: %s", check.reason)

@@ -26,16 +26,16 @@ from constitution.loader import Constitution, load_constitution
 from evals.probes import load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
 from flows.config import RoundConfig
-from flows.judging import build_judge, judge_server, trusted_principles
+from flows.judging import judge_server, trusted_principles
 from flows.policy import candidate_and_parent_samplers, load_lineage, model_sampler
 from flows.progress import progress_bar
 from flows.train import launch_training
+from judges.config import build_judge
 from judges.qualification import QualificationGate
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
 from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts, select_heldout_prompts
-from review.agreement import human_labels
 from review.routing import RoutingCandidate, route_spot_checks
 from sampling.sampler import TransformersSampler
 from sampling.stage import pair_samples, sample_for_round, select_max_min
@@ -44,7 +44,8 @@ from store.db import Store, StoreError
 from store.ids import stable_int
 from store.location import StoreLocation
 from store.rows import CompletionRow, PairRow, RoundRow, Stage, StageRunRow
-from training.stage import TrainOutcome, build_preference_pairs, earlier_preferences, select_preferences, train_candidate
+from training.candidate import TrainOutcome, train_candidate
+from training.data import round_training_data
 
 # Tasks that may talk to a server (vLLM, an OpenAI-compatible judge) retry as a whole after the
 # client's own retries are spent; a retry redoes only what the store does not have yet.
@@ -153,10 +154,7 @@ def training_stage(ctx: RoundContext) -> TrainOutcome:
     store, config, rnd = ctx.store, ctx.config, ctx.rnd
     judge_id = _needs(ctx, "judging").judge_id
     policy, tokenizer = ctx.policy()
-    candidates = store.training_candidates(rnd.round_id, judge_id, rnd.constitution_hash)
-    records = (select_preferences(candidates, human_labels(store.reviews_of_round(rnd.round_id)))
-               + earlier_preferences(store, rnd.round_index, config.training.mix_rounds))
-    dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
+    dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer, config.policy.system_prompt)
     ctx.note("training")
     outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge_id, ctx.threads)
     if candidate is not None:
@@ -285,7 +283,7 @@ def load_policy(store: Store, model_id: str):
 
 @task(cache_policy=NO_CACHE)
 def load_judge(config: RoundConfig) -> PairwiseJudge:
-    return build_judge(config)
+    return build_judge(config.judge)
 
 
 @task(cache_policy=NO_CACHE, **NETWORK_RETRIES)

@@ -22,21 +22,12 @@ import torch
 
 from flows.config import RoundConfig
 from flows.policy import load_lineage
-from review.agreement import human_labels, measure_agreement
+from review.agreement import round_agreement
 from review.session import progress as review_progress
 from store.db import Store, StoreError
-from store.rows import RoundRow, TrainMetricRow
-from training.stage import (
-    TrainOutcome,
-    build_preference_pairs,
-    earlier_preferences,
-    fit_candidate,
-    plan_candidate,
-    record_candidate,
-    recorded_outcome,
-    round_preferences,
-)
-from training.trainer import StepMetrics
+from store.rows import RoundRow, StepMetrics, TrainMetricRow
+from training.candidate import TrainOutcome, fit_candidate, plan_candidate, record_candidate, recorded_outcome
+from training.data import round_training_data
 
 
 class TrainRefused(RuntimeError):
@@ -79,9 +70,8 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
             judge_id = round_judge(store, rnd, judge_id)
             _check_reviews(store, config, rnd, judge_id)
             policy, tokenizer = load_lineage(store, rnd.policy_id)
-            records = (round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash)
-                       + earlier_preferences(store, rnd.round_index, config.training.mix_rounds))
-            dataset = build_preference_pairs(records, tokenizer, config.policy.system_prompt)
+            dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer,
+                                          config.policy.system_prompt)
             params = config.training.dpo_params()
             plan, refusal = plan_candidate(dataset, params, config.training.data_policy(), rnd.policy_id, rnd.round_id,
                                            config.artifacts_dir(), rnd.seed)
@@ -112,10 +102,7 @@ def _check_reviews(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: s
     if rnd.status == "waiting_for_review" and not rnd.review_released and done.done < done.total:
         raise TrainRefused(f"round {rnd.round_index} is waiting for reviews ({done.done}/{done.total} queued pairs reviewed); "
                            f"review them or `rlaif review release {rnd.round_index}`")
-    candidates = store.training_candidates(rnd.round_id, judge_id, rnd.constitution_hash)
-    labels = human_labels(store.reviews_of_round(rnd.round_id))
-    rows = measure_agreement(candidates, labels, rnd.round_id, judge_id, rnd.constitution_hash)
-    check = config.review.agreement_check(rows)
+    check = config.review.agreement_check(round_agreement(store, rnd.round_id, judge_id, rnd.constitution_hash))
     if not check.passed:
         raise TrainRefused(check.reason)
 

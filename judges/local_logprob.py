@@ -27,7 +27,8 @@ from constitution.loader import Constitution, Principle
 from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, scored_judgment, winner_of
+from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, pair_score, scored_judgment, shown_texts, winner_of
+from lm.batching import pad_rows
 from store.ids import stable_id
 
 Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
@@ -140,7 +141,7 @@ class LocalLogprobJudge:
 
     def _requests(self, pair: PairText, order: Order, principle: Principle) -> list[tuple[tuple, str]]:
         if self.formulation == "principle_ab":
-            first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+            first, second = shown_texts(pair, order)
             user = self.template.user.format(principle=principle.text, prompt=pair.prompt,
                                              response_a=self._truncate(first), response_b=self._truncate(second))
             return [(("ab", pair.prompt, first, second, principle.id), user)]
@@ -154,10 +155,9 @@ class LocalLogprobJudge:
             breaks_b = probs[("pw", pair.prompt, pair.text_b, principle.id)][0]
             raw = {"p_breaks_a": round(breaks_a, 4), "p_breaks_b": round(breaks_b, 4)}
             return pointwise.pair_vote(breaks_a, breaks_b, self.tie_margin), raw
-        first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+        first, second = shown_texts(pair, order)
         p_first, p_second = probs[("ab", pair.prompt, first, second, principle.id)]
-        slot_score = p_first - p_second                 # > 0 favours whichever reply was shown first
-        score = slot_score if order == "ab" else -slot_score
+        score = pair_score(p_first - p_second, order)
         vote = PrincipleVote(vote=winner_of(score, self.tie_margin), score=score, source="model",
                              detail=f"p(A)={p_first:.2f} p(B)={p_second:.2f}")
         return vote, {"p_A": round(p_first, 4), "p_B": round(p_second, 4)}
@@ -183,13 +183,10 @@ class LocalLogprobJudge:
         out: list[tuple[float, float]] = [(0.5, 0.5)] * len(prompts)
         for start in range(0, len(by_length), self.batch_size):
             chunk = by_length[start:start + self.batch_size]
-            b, width = len(chunk), max(len(tails[i]) for i in chunk)
-            input_ids = torch.full((b, width), pad, dtype=torch.long, device=device)             # (b, W) right padded
-            attention = torch.zeros((b, len(prefix) + width), dtype=torch.long, device=device)  # (b, P + W)
-            attention[:, :len(prefix)] = 1
-            for row, i in enumerate(chunk):
-                input_ids[row, :len(tails[i])] = torch.tensor(tails[i], device=device)
-                attention[row, len(prefix):len(prefix) + len(tails[i])] = 1
+            input_ids, tail_mask = pad_rows([tails[i] for i in chunk], pad, "right")              # (b, W) right padded
+            b, width = input_ids.shape
+            attention = torch.cat([torch.ones((b, len(prefix)), dtype=torch.long), tail_mask], dim=1)  # (b, P + W)
+            input_ids, attention = input_ids.to(device), attention.to(device)
             position_ids = torch.arange(len(prefix), len(prefix) + width, device=device).expand(b, width)
             cache = None
             if shared is not None:

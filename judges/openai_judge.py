@@ -37,7 +37,17 @@ from constitution.loader import Constitution, Principle
 from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
-from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, scored_judgment, weighted_score, winner_of
+from judges.verdict import (
+    Order,
+    OrderJudgment,
+    PairText,
+    PrincipleVote,
+    pair_score,
+    scored_judgment,
+    shown_texts,
+    weighted_score,
+    winner_of,
+)
 from store.ids import stable_id, stable_int
 
 TEMPLATE_NAME = "pairwise_json_v2"
@@ -235,7 +245,7 @@ class OpenAIJudge:
         return [p for p in judged if p.id in chosen]
 
     def render(self, pair: PairText, order: Order, principles: Sequence[Principle]) -> list[dict]:
-        first, second = (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+        first, second = shown_texts(pair, order)
         hint = json.dumps({"votes": {p.id: "A | B | tie | n/a" for p in principles}, "rationale": "..."})
         user = self.template.user.format(
             principles="\n".join(f"- {p.id}: {p.text}" for p in principles), prompt=pair.prompt,
@@ -381,8 +391,7 @@ def _to_pair_vote(slot: str, order: Order, slot_probs: tuple[float, float] | Non
     if slot_probs is None:
         score, detail = (1.0 if winner_is_a else -1.0), f"judge said {slot}"
     else:
-        slot_score = slot_probs[0] - slot_probs[1]       # > 0 favours the reply shown first
-        score = slot_score if first_is_a else -slot_score
+        score = pair_score(slot_probs[0] - slot_probs[1], order)
         detail = f"judge said {slot}, p(A)={slot_probs[0]:.2f} p(B)={slot_probs[1]:.2f}"
     return PrincipleVote(vote="a" if winner_is_a else "b", score=score, source="model", detail=detail)
 

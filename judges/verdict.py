@@ -57,6 +57,16 @@ class PairVerdict(BaseModel):
     rationale: str
 
 
+def shown_texts(pair: PairText, order: Order) -> tuple[str, str]:
+    """The two completions in the order the judge is shown them (slot A first, slot B second)."""
+    return (pair.text_a, pair.text_b) if order == "ab" else (pair.text_b, pair.text_a)
+
+
+def pair_score(slot_score: float, order: Order) -> float:
+    """A score in slot terms (> 0 favours the reply shown first) in pair terms (> 0 favours a)."""
+    return slot_score if order == "ab" else -slot_score
+
+
 def winner_of(score: float, tie_margin: float) -> Literal["a", "b", "tie"]:
     if score > tie_margin:
         return "a"

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lm.batching import pad_rows
+
 
 @dataclass
 class CompletionBatch:
@@ -33,21 +35,12 @@ class CompletionBatch:
 
 def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> CompletionBatch:
     assert len(prompts) == len(completions) and prompts, "one completion per prompt"
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    C = max(max(len(c) for c in completions), 1)
-    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, P + C), dtype=torch.long)
-    completion_mask = torch.zeros((B, C), dtype=torch.float32)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        input_ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-        attention_mask[i, P - len(p):P] = 1
-        if c:
-            input_ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-            attention_mask[i, P:P + len(c)] = 1
-            completion_mask[i, :len(c)] = 1.0
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "left")                                      # (B, P)
+    completion_ids, completion_mask = pad_rows(completions, pad_id, "right", max(max(map(len, completions)), 1))  # (B, C)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                                        # (B, P + C)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return CompletionBatch(input_ids, attention_mask, position_ids, input_ids[:, P:].clone(), completion_mask)
+    return CompletionBatch(input_ids, attention_mask, position_ids, completion_ids, completion_mask.float())
 
 
 def sequence_logps(model: torch.nn.Module, batch: CompletionBatch) -> torch.Tensor:

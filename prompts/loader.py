@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from constitution.loader import load_yaml
+from inputs.files import load_yaml
 from store.ids import stable_id, stable_int
 
 BUNDLED_PREFIX = "bundled:"

@@ -1,7 +1,6 @@
-"""Judge-human agreement on the spot-checked pairs, and the human labels that override the judge.
+"""Judge-human agreement on the spot-checked pairs (the human labels are review/labels.py's).
 
-Each reviewed pair gets one human label: the majority of its non-skip reviews, and "tie" when
-reviewers split evenly. The judge's label is its verdict's winner when the verdict is valid and
+The judge's label is its verdict's winner when the verdict is valid and
 both orders agree, else "tie" (that is how the dataset treats it). Agreement is accuracy (share of
 equal labels) and Cohen's kappa, overall, per principle (that principle's vote vs the human label,
 where it voted) and per prompt tag, each with its count.
@@ -9,27 +8,15 @@ where it voted) and per prompt tag, each with its count.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel
 
 from judges.stats import cohen_kappa
+from review.labels import human_labels
+from store.db import Store
 from store.ids import stable_id
-from store.rows import AgreementRow, PairRecord, ReviewRow, utcnow
-
-
-def human_labels(reviews: Iterable[ReviewRow]) -> dict[str, str]:
-    """pair id -> "a" | "b" | "tie" from the non-skip reviews."""
-    votes: dict[str, Counter] = {}
-    for r in reviews:
-        if r.winner != "skip":
-            votes.setdefault(r.pair_id, Counter())[r.winner] += 1
-    labels = {}
-    for pair_id, counts in votes.items():
-        (top, n), *rest = counts.most_common()
-        labels[pair_id] = "tie" if rest and rest[0][1] == n else top
-    return labels
+from store.rows import AgreementRow, PairRecord, utcnow
 
 
 def judge_label(record: PairRecord) -> str:
@@ -61,6 +48,12 @@ def measure_agreement(records: Sequence[PairRecord], labels: dict[str, str], rou
             n=len(pairs), accuracy=sum(j == h for j, h in pairs) / len(pairs) if pairs else None,
             kappa=cohen_kappa(judge, human), computed_at=computed_at))
     return rows
+
+
+def round_agreement(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[AgreementRow]:
+    """A round's judge-human agreement now, from its stored verdicts and reviews (the rows are not stored)."""
+    return measure_agreement(store.training_candidates(round_id, judge_id, constitution_hash),
+                             human_labels(store.reviews_of_round(round_id)), round_id, judge_id, constitution_hash)
 
 
 class AgreementCheck(BaseModel):

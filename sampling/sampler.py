@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lm.batching import pad_rows
 from lm.loading import encode_chat
 from store.ids import stable_int
 
@@ -108,12 +109,8 @@ def generate_batch(
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id
     prompts = [encode_chat(tokenizer, requests[r].system, requests[r].user) for r, _ in batch.rows]
-    B, P = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((B, P), pad_id, dtype=torch.long)   # left padding: all prompts end at column P
-    attention_mask = torch.zeros((B, P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, P - len(p):] = torch.tensor(p)
-        attention_mask[i, P - len(p):] = 1
+    input_ids, attention_mask = pad_rows(prompts, pad_id, "left")  # (B, P): every prompt ends at column P
+    P = input_ids.shape[1]
 
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

@@ -207,10 +207,9 @@ class TrainRunRow(Row):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class TrainMetricRow(Row):
-    table: ClassVar[str] = "train_metrics"
-    key: ClassVar[tuple[str, ...]] = ("run_id", "step")
-    run_id: str
+class StepMetrics(BaseModel):
+    """One optimizer step, reduced over processes: what the trainer reports and `train_metrics` keeps."""
+
     step: int
     loss: float
     reward_chosen: float
@@ -220,6 +219,12 @@ class TrainMetricRow(Row):
     grad_norm: float
     lr: float
     tokens_per_s: float
+
+
+class TrainMetricRow(Row, StepMetrics):
+    table: ClassVar[str] = "train_metrics"
+    key: ClassVar[tuple[str, ...]] = ("run_id", "step")
+    run_id: str
 
 
 class EvalRow(Row):

@@ -10,7 +10,9 @@ import torch
 from lm.loading import encode_chat, load_model, load_tokenizer
 from lm.logprobs import collate, sequence_logps
 from training.dpo_loss import dpo_loss
-from training.trainer import DPOParams, PreferencePair, add_lora, pair_logps, reference_logps, train_dpo
+from training.pairs import PreferencePair, pair_logps
+from training.reference import reference_logps
+from training.trainer import DPOParams, add_lora, train_dpo
 
 SYSTEM = "You are a support agent."
 
@@ -143,16 +145,16 @@ def test_confound_audit_measures_length_and_style():
 
 def test_chosen_longer_data_is_balanced_or_refused_per_config():
     from training.audit import audit
-    from training.stage import DataPolicy, prepare_data
+    from training.data import DataPolicy, prepare_data
 
     longer = [audited(20 + i, 10, i) for i in range(8)] + [audited(10, 12 + i, 10 + i) for i in range(2)]  # 80% chosen-longer
     kept, refusal = prepare_data(longer, DataPolicy(min_pairs=2, confounds="balance"))
     assert refusal is None and 0.4 <= audit(kept).chosen_longer_share <= 0.6
     assert {p.pair.pair_id for p in kept} == {"0", "1", "2", "10", "11"}  # the most lopsided long-chosen pairs went
     _, refusal = prepare_data(longer, DataPolicy(min_pairs=2, confounds="refuse"))
-    assert not refusal.trained and "chosen is longer in 80%" in refusal.reason and refusal.audit.n_pairs == 10
+    assert refusal is not None and "chosen is longer in 80%" in refusal.reason and refusal.audit.n_pairs == 10
     _, refusal = prepare_data(longer, DataPolicy(min_pairs=6, confounds="balance"))
-    assert not refusal.trained and "balancing leaves 5 pairs (< min_pairs 6)" in refusal.reason
+    assert refusal is not None and "balancing leaves 5 pairs (< min_pairs 6)" in refusal.reason
     kept, refusal = prepare_data(longer, DataPolicy(min_pairs=2, confounds="off"))
     assert refusal is None and len(kept) == 10
 
@@ -173,13 +175,13 @@ def sampled_pairs(model, tokenizer, n: int) -> list[PreferencePair]:
 
 
 def test_reference_from_sampling_gives_the_recomputed_loss_and_bad_records_fall_back(tiny_model):
-    from training.trainer import choose_reference
+    from training.reference import choose_reference
 
     model, tokenizer = tiny_model
     pairs = sampled_pairs(model, tokenizer, 6)
     peft_model = add_lora(model, DPOParams(lora_r=4), seed=0)
-    params = DPOParams(lora_r=4, reference_check_pairs=2)
-    (sc, sr), choice = choose_reference(peft_model, pairs, params, tokenizer.pad_token_id, seed=0)
+    pad = tokenizer.pad_token_id
+    (sc, sr), choice = choose_reference(peft_model, pairs, "auto", check_pairs=2, tolerance=1e-3, batch_size=4, pad_id=pad, seed=0)
     assert choice.source == "sampling" and choice.mean_token_gap < 1e-4
     fc, fr = reference_logps(peft_model, pairs, tokenizer.pad_token_id, batch_size=4)
     assert torch.allclose(sc, fc, atol=1e-3) and torch.allclose(sr, fr, atol=1e-3)
@@ -189,7 +191,7 @@ def test_reference_from_sampling_gives_the_recomputed_loss_and_bad_records_fall_
     assert float(dpo_loss(pc, pr, sc, sr).losses.mean()) == pytest.approx(float(dpo_loss(pc, pr, fc, fr).losses.mean()), abs=1e-4)
 
     wrong = [p.model_copy(update={"chosen_sampled_logp": p.chosen_sampled_logp - 5.0}) for p in pairs]  # e.g. another template
-    (wc, _), fallback = choose_reference(peft_model, wrong, params, tokenizer.pad_token_id, seed=0)
+    (wc, _), fallback = choose_reference(peft_model, wrong, "auto", check_pairs=2, tolerance=1e-3, batch_size=4, pad_id=pad, seed=0)
     assert fallback.source == "forward" and "differ" in fallback.why and torch.allclose(wc, fc)
 
 

@@ -6,8 +6,9 @@ import pytest
 
 from store.db import Store
 from store.rows import CompletionRow, PairRow, PromptRow, RoundRow, VerdictRow
-from training.stage import earlier_preferences
-from training.trainer import DPOParams, PreferencePair, plan_steps
+from training.data import earlier_preferences
+from training.pairs import PreferencePair
+from training.trainer import DPOParams, plan_steps
 
 
 def finished_round(store: Store, index: int) -> None:

@@ -11,7 +11,7 @@ from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
 from judges.stage import judge_pairs
 from store.db import Store
 from store.rows import JudgmentRow
-from training.stage import select_preferences
+from training.data import select_preferences
 
 from helpers import seed_pairs
 from openai_stub_server import StubOpenAIServer

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from constitution.loader import load_constitution
 from flows.cli import app
 from flows.config import RoundConfig
-from flows.judging import build_judge, trusted_principles
+from flows.judging import trusted_principles
 from judges import pointwise
+from judges.config import build_judge
 from judges.local_logprob import LocalLogprobJudge
 from judges.qualification import build_cases
 from store.db import Store
@@ -250,7 +251,7 @@ def test_every_local_formulation_qualifies_and_pointwise_has_no_slot_to_prefer(r
         update={"formulation": formulation, "qualification_prompts": 3, "qualification_max_new_tokens": 8})})
     constitution = load_constitution("bundled:support")
     with Store(tmp_path / "q.duckdb") as store:
-        judge = build_judge(config)
+        judge = build_judge(config.judge)
         trusted, result, measured = trusted_principles(store, config, constitution, judge)
         assert measured and set(result.principles) == {"resolves_request", "honest", "protects_customers", "courteous"}
         assert all(q.n == 3 for q in result.principles.values())
@@ -291,7 +292,7 @@ def test_a_pointwise_judge_behind_a_server_asks_each_reply_once_and_qualifies(ro
             {"kind": "openai", "qualification_prompts": 3, "qualification_max_new_tokens": 8,
              "openai": {"base_url": server.base_url, "model": "stub", "api_key_env": None, "formulation": formulation}})})
         with Store(tmp_path / "q.duckdb") as store:
-            trusted, result, _ = trusted_principles(store, config, constitution, build_judge(config))
+            trusted, result, _ = trusted_principles(store, config, constitution, build_judge(config.judge))
     assert trusted.qualified == ["honest", "protects_customers", "courteous"], trusted
     assert result.slot_bias == 0.0 and result.position_consistency == 1.0
     assert all(result.principles[p].sensitivity == 1.0 for p in trusted.qualified)

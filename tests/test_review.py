@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from judges.stats import cohen_kappa
-from review.agreement import check_agreement, human_labels, measure_agreement
+from review.agreement import check_agreement, measure_agreement
+from review.labels import human_labels
 from review.session import (
     ReviewError,
     add_reviewer,
@@ -24,7 +25,7 @@ from review.session import (
 from review.text_safety import hidden_characters, visible_segments
 from store.db import Store
 from store.rows import PairRecord, ReviewQueueRow, ReviewRow, RoundRow
-from training.stage import select_preferences
+from training.data import select_preferences
 
 from helpers import seed_pairs
 

@@ -9,7 +9,7 @@ import torch
 
 from store.db import Store
 from store.rows import CompletionRow, ModelRow, PromptRow, TrainRunRow
-from training.stage import select_preferences
+from training.data import select_preferences
 
 
 def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, round_config):

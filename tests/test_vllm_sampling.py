@@ -11,7 +11,8 @@ from lm.logprobs import collate, sequence_logps
 from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
 from sampling.vllm_engine import VLLMEngineSampler, running_vllm_engine
 from sampling.vllm_server import VLLMServerSampler
-from training.trainer import DPOParams, PreferencePair, add_lora, train_dpo
+from training.pairs import PreferencePair
+from training.trainer import DPOParams, add_lora, train_dpo
 
 pytestmark = pytest.mark.slow
 SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply briefly."

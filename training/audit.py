@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from training.trainer import PreferencePair
+from training.pairs import PreferencePair
 
 STYLE_FEATURES = {
     "apology": re.compile(r"\b(sorry|apolog\w*)\b", re.IGNORECASE),

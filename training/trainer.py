@@ -22,8 +22,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
-from lm.logprobs import collate, sequence_logps
+from store.rows import StepMetrics
 from training.dpo_loss import LossType, dpo_loss
+from training.pairs import PreferencePair, chunks, pair_logps
+from training.reference import ReferenceChoice, choose_reference
 
 
 class DPOParams(BaseModel):
@@ -57,33 +59,6 @@ class DPOParams(BaseModel):
     checkpoint_every: int = Field(default=0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
 
 
-class PreferencePair(BaseModel):
-    """One training example, already tokenised with the policy's chat template."""
-
-    pair_id: str
-    prompt_ids: list[int]
-    chosen_ids: list[int]    # completion tokens, including the end-of-turn token if sampled
-    rejected_ids: list[int]
-    # summed log-probs recorded when the round's policy sampled these completions (= the reference)
-    chosen_sampled_logp: float | None = None
-    rejected_sampled_logp: float | None = None
-    # how strongly the judge prefers chosen (verdict confidence: the smaller |score| of the two orders;
-    # 1 for a human label); used by pair_weighting = confidence
-    confidence: float = Field(default=1.0, ge=0)
-
-
-class StepMetrics(BaseModel):
-    step: int
-    loss: float
-    reward_chosen: float
-    reward_rejected: float
-    reward_margin: float
-    reward_accuracy: float
-    grad_norm: float
-    lr: float
-    tokens_per_s: float
-
-
 def add_lora(model: PreTrainedModel, params: DPOParams, seed: int = 0) -> PeftModel:
     """Wrap `model` with a fresh LoRA adapter on every linear layer but the output head.
 
@@ -95,68 +70,6 @@ def add_lora(model: PreTrainedModel, params: DPOParams, seed: int = 0) -> PeftMo
         target_modules="all-linear", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-def pair_logps(model: torch.nn.Module, pairs: Sequence[PreferencePair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs of chosen and rejected, from one concatenated forward. (B,), (B,)"""
-    prompts = [p.prompt_ids for p in pairs] * 2
-    completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    logps = sequence_logps(model, collate(prompts, completions, pad_id))  # (2B,)
-    return logps[: len(pairs)], logps[len(pairs):]
-
-
-def _chunks(items: Sequence, size: int) -> list[list]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-@torch.no_grad()
-def reference_logps(model: PeftModel, pairs: Sequence[PreferencePair], pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs under the reference = the same model with its adapter disabled. (N,), (N,)"""
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    with model.disable_adapter():
-        for batch in _chunks(pairs, batch_size):
-            c, r = pair_logps(model, batch, pad_id)
-            chosen.append(c)
-            rejected.append(r)
-    model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-class ReferenceChoice(BaseModel):
-    source: Literal["sampling", "forward"]
-    why: str
-    checked_pairs: int = 0
-    mean_token_gap: float | None = None
-
-
-def choose_reference(model: PeftModel, pairs: Sequence[PreferencePair], params: DPOParams, pad_id: int,
-                     seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ReferenceChoice]:
-    """The reference log-probs, from sampling when that is safe, else from a forward pass.
-
-    Completions sampled by the round's policy carry their summed log-prob under that policy, which
-    is the reference. Before relying on it, a few pairs are recomputed (adapter disabled); if they
-    differ by more than the tolerance per token (different prompt template, dtype, a changed
-    policy...), every pair is recomputed instead.
-    """
-    if params.reference == "forward":
-        return reference_logps(model, pairs, pad_id, params.batch_size), ReferenceChoice(source="forward", why="reference: forward")
-    if any(p.chosen_sampled_logp is None or p.rejected_sampled_logp is None for p in pairs):
-        return (reference_logps(model, pairs, pad_id, params.batch_size),
-                ReferenceChoice(source="forward", why="some pairs have no recorded sampling log-probs"))
-    check = random.Random(seed).sample(list(pairs), min(params.reference_check_pairs, len(pairs)))
-    chosen, rejected = reference_logps(model, check, pad_id, params.batch_size)
-    gaps = [abs(float(c) - p.chosen_sampled_logp) / len(p.chosen_ids) for c, p in zip(chosen, check)]
-    gaps += [abs(float(r) - p.rejected_sampled_logp) / len(p.rejected_ids) for r, p in zip(rejected, check)]
-    gap = sum(gaps) / len(gaps)
-    if gap > params.reference_tolerance:
-        return (reference_logps(model, pairs, pad_id, params.batch_size),
-                ReferenceChoice(source="forward", why=f"recorded log-probs differ by {gap:.2e}/token (> {params.reference_tolerance:g})",
-                                checked_pairs=len(check), mean_token_gap=gap))
-    recorded = (torch.tensor([p.chosen_sampled_logp for p in pairs]), torch.tensor([p.rejected_sampled_logp for p in pairs]))
-    return recorded, ReferenceChoice(source="sampling", why=f"recorded log-probs agree to {gap:.2e}/token",
-                                     checked_pairs=len(check), mean_token_gap=gap)
 
 
 def pair_weights(pairs: Sequence[PreferencePair], weighting: str) -> torch.Tensor:
@@ -195,12 +108,54 @@ def plan_steps(pairs: Sequence[PreferencePair], params: DPOParams, seed: int) ->
             rng.shuffle(order)
         if params.group_by_length:
             window = 8 * params.batch_size
-            order = [i for w in _chunks(order, window) for i in sorted(w, key=lambda i: length[i])]
-        batches = _chunks(order, params.batch_size)
+            order = [i for w in chunks(order, window) for i in sorted(w, key=lambda i: length[i])]
+        batches = chunks(order, params.batch_size)
         if params.group_by_length and params.shuffle:
             rng.shuffle(batches)
         steps += batches
     return steps[: num_steps(len(pairs), params)]
+
+
+def micro_batches(batch: Sequence[int], rank: int, world: int, micro_size: int | None) -> list[tuple[list[int], bool]]:
+    """This process's share of one optimizer step, as (pair indices, is_filler) micro-batches.
+
+    Rank r takes every world-th pair of the step. DDP's collectives need the same number of forwards
+    and backwards on every process, so a process whose share is short (an epoch's last step) runs
+    fillers: one of the step's pairs, to be weighted zero.
+    """
+    largest_share = math.ceil(len(batch) / world)
+    size = micro_size or largest_share
+    mine = chunks(list(batch[rank::world]), size)
+    fillers = math.ceil(largest_share / size) - len(mine)
+    return [(rows, False) for rows in mine] + [(list(batch[:1]), True)] * fillers
+
+
+class StepTotals:
+    """Sums over one step's pairs on this process, reduced over processes into the step's metrics."""
+
+    FIELDS = ("loss", "reward_chosen", "reward_rejected", "correct", "pairs", "tokens")
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(self.FIELDS, 0.0)
+
+    def add(self, losses: torch.Tensor, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, tokens: int) -> None:
+        self.sums["loss"] += float(losses.detach().sum())
+        self.sums["reward_chosen"] += float(chosen_rewards.sum())
+        self.sums["reward_rejected"] += float(rejected_rewards.sum())
+        self.sums["correct"] += float((chosen_rewards > rejected_rewards).sum())
+        self.sums["pairs"] += len(losses)
+        self.sums["tokens"] += tokens
+
+    def metrics(self, accelerator, step: int, grad_norm: float, lr: float, seconds: float) -> StepMetrics:
+        """Summed over every process, then per pair."""
+        local = torch.tensor([self.sums[f] for f in self.FIELDS], device=accelerator.device)
+        total = dict(zip(self.FIELDS, accelerator.reduce(local, reduction="sum").cpu().tolist()))
+        n = total["pairs"]
+        return StepMetrics(step=step, loss=total["loss"] / n, reward_chosen=total["reward_chosen"] / n,
+                           reward_rejected=total["reward_rejected"] / n,
+                           reward_margin=(total["reward_chosen"] - total["reward_rejected"]) / n,
+                           reward_accuracy=total["correct"] / n, grad_norm=grad_norm, lr=lr,
+                           tokens_per_s=total["tokens"] / seconds)
 
 
 class TrainResult(BaseModel):
@@ -248,9 +203,10 @@ def train_dpo(
     # Every tensor the loss meets lives on `device`. The reference is computed there too, under the
     # policy forwards' autocast, so that policy = reference at step 0 also holds in bf16 (loss log 2).
     with accelerator.autocast():
-        (ref_chosen, ref_rejected), reference = choose_reference(accelerator.unwrap_model(model), pairs, params, pad_id, seed)
+        (ref_chosen, ref_rejected), reference = choose_reference(
+            accelerator.unwrap_model(model), pairs, params.reference, params.reference_check_pairs, params.reference_tolerance,
+            params.batch_size, pad_id, seed)
     ref_chosen, ref_rejected = ref_chosen.to(device), ref_rejected.to(device)                          # (N,), (N,)
-    ipo = params.loss_type == "ipo"
     chosen_len = torch.tensor([len(p.chosen_ids) for p in pairs], dtype=torch.float32, device=device)     # (N,)
     rejected_len = torch.tensor([len(p.rejected_ids) for p in pairs], dtype=torch.float32, device=device)  # (N,)
     weights = pair_weights(pairs, params.pair_weighting).to(device)                                     # (N,)
@@ -261,48 +217,28 @@ def train_dpo(
     for step in range(first_step, len(steps)):
         started = time.perf_counter()
         batch = steps[step]
-        mine = batch[rank::world]                      # this process's share of the step
-        largest_share = math.ceil(len(batch) / world)
-        micro_size = params.micro_batch_size or largest_share
-        micro = _chunks(mine, micro_size)
-        # DDP's collectives need the same forwards and backwards on every process: a process whose
-        # share is short (an epoch's last step) runs fillers, one of the step's pairs with zero weight.
-        real = len(micro)
-        micro += [batch[:1]] * (math.ceil(largest_share / micro_size) - real)
-        sums = torch.zeros(6)  # loss, reward chosen, reward rejected, correct, pairs, tokens (this process)
-        for k, rows in enumerate(micro):
-            last, filler = k == len(micro) - 1, k >= real
+        micro = micro_batches(batch, rank, world, params.micro_batch_size)
+        totals = StepTotals()
+        for k, (rows, filler) in enumerate(micro):
+            last = k == len(micro) - 1
             with accelerator.no_sync(model) if not last and world > 1 else nullcontext():  # sync grads once per step
                 with accelerator.autocast():
                     policy_chosen, policy_rejected = pair_logps(model, [pairs[i] for i in rows], pad_id)  # (b,), (b,)
                 idx = torch.tensor(rows, device=device)
-                pc, pr, rc, rr = policy_chosen, policy_rejected, ref_chosen[idx], ref_rejected[idx]
-                if ipo:  # IPO compares token-averaged log-probs
-                    pc, rc = pc / chosen_len[idx], rc / chosen_len[idx]
-                    pr, rr = pr / rejected_len[idx], rr / rejected_len[idx]
-                losses = dpo_loss(pc, pr, rc, rr, params.beta, params.loss_type, params.label_smoothing).losses
+                out = dpo_loss(policy_chosen, policy_rejected, ref_chosen[idx], ref_rejected[idx], params.beta,
+                               params.loss_type, params.label_smoothing, chosen_len[idx], rejected_len[idx])
                 scale = 0.0 if filler else world / len(batch)   # DDP averages: mean over the step
-                accelerator.backward((losses * weights[idx]).sum() * scale)
-            if filler:
-                continue
-            # Rewards are logged from summed log-ratios for every loss type (as TRL does), so runs compare.
-            chosen_rewards = params.beta * (policy_chosen.detach() - ref_chosen[idx])      # (b,)
-            rejected_rewards = params.beta * (policy_rejected.detach() - ref_rejected[idx])  # (b,)
-            sums += torch.tensor([float(losses.detach().sum()), float(chosen_rewards.sum()), float(rejected_rewards.sum()),
-                                  float((chosen_rewards > rejected_rewards).sum()), len(rows),
-                                  sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in rows)])
+                accelerator.backward((out.losses * weights[idx]).sum() * scale)
+            if not filler:
+                totals.add(out.losses, out.chosen_rewards, out.rejected_rewards,
+                           sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in rows))
         grad_norm = accelerator.clip_grad_norm_(trainable, params.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        total = accelerator.reduce(sums.to(device), reduction="sum").cpu()
-        n = float(total[4])
-        m = StepMetrics(step=step, loss=float(total[0]) / n, reward_chosen=float(total[1]) / n,
-                        reward_rejected=float(total[2]) / n, reward_margin=float(total[1] - total[2]) / n,
-                        reward_accuracy=float(total[3]) / n, grad_norm=float(grad_norm), lr=lr,
-                        tokens_per_s=float(total[5]) / (time.perf_counter() - started))
+        m = totals.metrics(accelerator, step, float(grad_norm), lr, time.perf_counter() - started)
         result.metrics.append(m)
         on_step(m)
         if checkpoint_dir is not None and params.checkpoint_every and (step + 1) % params.checkpoint_every == 0:

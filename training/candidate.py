@@ -1,41 +1,24 @@
-"""Training as a round stage: trustworthy pairs from the store -> audit -> DPO -> adapter + lineage."""
+"""A round's candidate: plan it (ids fixed by data and config), train a LoRA adapter with DPO, record
+it (train run, metrics, the `models` row of its lineage). A planned candidate that was already
+recorded is reloaded, not retrained."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 from peft import PeftModel
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lm.loading import encode_chat
-from review.agreement import human_labels
 from store.db import Store
 from store.ids import stable_id
-from store.rows import ModelRow, PairRecord, PreferenceRecord, TrainMetricRow, TrainRunRow
-from training.audit import AuditedPair, ConfoundAudit, audit, balance_length
-from training.trainer import DPOParams, PreferencePair, StepMetrics, TrainResult, add_lora, num_steps, train_dpo
-
-
-class DataPolicy(BaseModel):
-    """What the data must look like before anything trains."""
-
-    model_config = ConfigDict(extra="forbid")
-    min_pairs: int = Field(default=4, gt=0, description="fewer trustworthy pairs than this: do not train")
-    confounds: Literal["balance", "refuse", "off"] = Field(
-        default="balance", description="chosen-longer share outside length_band: drop pairs to fit, refuse, or only record")
-    length_band: tuple[float, float] = Field(default=(0.4, 0.6), description="allowed share of pairs where chosen is longer")
-    mix_rounds: int = Field(default=0, ge=0, description="also train on the trustworthy pairs of this many earlier rounds")
-
-    @model_validator(mode="after")
-    def _band(self) -> DataPolicy:
-        low, high = self.length_band
-        if not 0 <= low <= high <= 1:
-            raise ValueError(f"length_band {list(self.length_band)}: need 0 <= low <= high <= 1")
-        return self
+from store.rows import ModelRow, StepMetrics, TrainMetricRow, TrainRunRow
+from training.audit import AuditedPair, ConfoundAudit, audit
+from training.data import DataPolicy, prepare_data
+from training.pairs import PreferencePair
+from training.trainer import DPOParams, TrainResult, add_lora, num_steps, train_dpo
 
 
 class TrainOutcome(BaseModel):
@@ -52,90 +35,8 @@ class TrainOutcome(BaseModel):
     collapsed: bool = False                     # stopped by the collapse guard: never promote
 
 
-def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) -> list[PreferenceRecord]:
-    """The trustworthy preferences: a human label where one exists (a human tie drops the pair),
-    else a valid judge verdict whose two orders agree on a winner."""
-    selected, seen = [], set()
-    for r in records:
-        if r.pair_id in human:
-            winner, source = human[r.pair_id], "human"
-        elif r.verdict_status == "ok" and r.consistent:
-            winner, source = r.judge_winner, "judge"
-        else:
-            continue
-        if winner not in ("a", "b"):
-            continue
-        a, b = (r.text_a, r.ids_a, r.logp_a), (r.text_b, r.ids_b, r.logp_b)
-        chosen, rejected = (a, b) if winner == "a" else (b, a)
-        if (r.prompt, chosen[0], rejected[0]) in seen:  # the same preference twice would count double
-            continue
-        seen.add((r.prompt, chosen[0], rejected[0]))
-        selected.append(PreferenceRecord(pair_id=r.pair_id, prompt=r.prompt, chosen_text=chosen[0], rejected_text=rejected[0],
-                                         chosen_ids=chosen[1], rejected_ids=rejected[1], chosen_logp=chosen[2],
-                                         rejected_logp=rejected[2], source=source,
-                                         confidence=1.0 if source == "human" else r.confidence,
-                                         rationale="human review" if source == "human" else r.rationale))
-    return selected
-
-
-def round_preferences(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
-    """A round's trustworthy preferences, with its human reviews applied."""
-    candidates = store.training_candidates(round_id, judge_id, constitution_hash)
-    return select_preferences(candidates, human_labels(store.reviews_of_round(round_id)))
-
-
-def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[PreferenceRecord]:
-    """Trustworthy preferences of the `n_rounds` finished rounds before `round_index` (recorded by pair id).
-
-    Their completions were sampled by older policies, so their recorded log-probs are not this
-    round's reference: they are dropped, and the trainer recomputes the reference.
-    """
-    finished = [r for r in store.rounds() if r.round_index < round_index and r.status == "finished" and r.judge_id]
-    records = []
-    for rnd in finished[-n_rounds:] if n_rounds else []:
-        for r in round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash):
-            records.append(r.model_copy(update={"chosen_logp": None, "rejected_logp": None}))
-    return records
-
-
-def build_preference_pairs(records: Sequence[PreferenceRecord], tokenizer: PreTrainedTokenizerBase,
-                           system_prompt: str) -> list[AuditedPair]:
-    """Tokenise prompts exactly as sampling did; completions keep the sampled token ids and log-probs."""
-    return [
-        AuditedPair(pair=PreferencePair(pair_id=r.pair_id, prompt_ids=encode_chat(tokenizer, system_prompt, r.prompt),
-                                        chosen_ids=r.chosen_ids, rejected_ids=r.rejected_ids,
-                                        chosen_sampled_logp=r.chosen_logp, rejected_sampled_logp=r.rejected_logp,
-                                        confidence=r.confidence),
-                    chosen_text=r.chosen_text, rejected_text=r.rejected_text)
-        for r in records
-    ]
-
-
 def data_hash(pairs: Sequence[PreferencePair]) -> str:
     return stable_id("dpo-data", [(p.pair_id, p.chosen_ids, p.rejected_ids) for p in pairs])
-
-
-def prepare_data(audited: Sequence[AuditedPair], data: DataPolicy) -> tuple[list[AuditedPair], TrainOutcome | None]:
-    """Audit the trustworthy pairs and apply the data policy: (pairs to train, or a refusal)."""
-    before = audit(audited)
-    if len(audited) < data.min_pairs:
-        return [], TrainOutcome(trained=False, n_pairs=len(audited), audit=before,
-                                reason=f"only {len(audited)} trustworthy pairs (< min_pairs {data.min_pairs}): not training")
-    low, high = data.length_band
-    share = before.chosen_longer_share
-    if data.confounds == "off" or share is None or low <= share <= high:
-        return list(audited), None
-    out_of_band = (f"chosen is longer in {share:.0%} of the pairs that differ in length (band {low:.0%}-{high:.0%}, "
-                   f"mean log length ratio {before.mean_log_length_ratio:+.2f})")
-    if data.confounds == "refuse":
-        return [], TrainOutcome(trained=False, n_pairs=len(audited), audit=before,
-                                reason=f"length confound: {out_of_band}: not training (training.confounds is refuse)")
-    kept = balance_length(audited, low, high)
-    if len(kept) < data.min_pairs:
-        return [], TrainOutcome(trained=False, n_pairs=len(kept), audit=before, audit_trained=audit(kept),
-                                reason=f"length confound: {out_of_band}; balancing leaves {len(kept)} pairs "
-                                       f"(< min_pairs {data.min_pairs}): not training")
-    return kept, None
 
 
 class CandidatePlan(BaseModel):
@@ -160,7 +61,7 @@ def plan_candidate(audited: Sequence[AuditedPair], params: DPOParams, data: Data
     """Audit and apply the data policy: (the plan, None) or (None, the refusal)."""
     kept, refusal = prepare_data(audited, data)
     if refusal is not None:
-        return None, refusal
+        return None, TrainOutcome(trained=False, **refusal.model_dump())
     before = audit(audited)
     pairs = [a.pair for a in kept]
     dhash = data_hash(pairs)

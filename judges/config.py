@@ -1,0 +1,59 @@
+"""The judge a config names (`judge:` section) and how it is built."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from judges.local_logprob import Formulation, LocalLogprobJudge
+from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
+from judges.server import JudgeServerSettings
+from judges.stage import PairwiseJudge
+from lm.loading import base_checkpoint, load_model, load_tokenizer
+
+
+class JudgeConfig(BaseModel):
+    """The config's `judge` section: which judge, how it is asked, and the qualification bars."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local_logprob", "openai"] = "local_logprob"
+    # local_logprob: a local transformers model, verdict read from next-token probabilities
+    model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
+    formulation: Formulation = Field(
+        default="pointwise_fewshot",
+        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in README)")
+    batch_size: int = Field(default=8, gt=0)
+    tie_margin: float = Field(default=0.02, ge=0, lt=1, description="|score| below this is a tie (0.02: chosen on the "
+                              "qualification's select split for SmolLM2 pointwise_fewshot, see README)")
+    max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
+    # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
+    openai: OpenAIJudgeSettings | None = None
+    server: JudgeServerSettings | None = Field(
+        default=None, description="a judge server to start for the round (and stop after), unless one answers at base_url")
+    # qualification (judges/qualification.py): can the judge see each principle before its votes count?
+    qualify: bool = Field(default=True, description="qualify the judge at the start of a round (cached per judge and constitution)")
+    qualification_prompts: int = Field(default=12, ge=2, description="held-out prompts the qualification set is built from")
+    qualification_max_new_tokens: int = Field(default=64, gt=0, description="length of the policy answers it uses")
+    min_sensitivity: float = Field(default=0.7, ge=0, le=1,
+                                   description="a model-judged principle counts only if the judge's sensitivity reaches this")
+    max_slot_bias: float = Field(default=0.2, ge=0, le=1,
+                                 description="a judge leaning to one slot by more than this on identical answers counts on nothing")
+    require_qualified: bool = Field(default=False, description="refuse the round (before sampling) when no model-judged principle qualifies")
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> JudgeConfig:
+        if self.kind == "openai" and self.openai is None:
+            raise ValueError("judge.kind is openai but the judge.openai section (base_url, model, ...) is missing")
+        return self
+
+
+def build_judge(config: JudgeConfig) -> PairwiseJudge:
+    """The judge `config` asks for (its server, if managed, must be running: see flows.judging.judge_server)."""
+    if config.kind == "openai":
+        assert config.openai is not None  # checked by the model
+        return OpenAIJudge(config.openai)
+    checkpoint = base_checkpoint(config.model_path)
+    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
+                             batch_size=config.batch_size, tie_margin=config.tie_margin,
+                             max_completion_tokens=config.max_completion_tokens, formulation=config.formulation)
