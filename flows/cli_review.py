@@ -121,7 +121,7 @@ def review_next(
     token: str = typer.Option(..., envvar="RLAIF_REVIEWER_TOKEN", prompt=True, hide_input=True, help="your reviewer token"),
 ) -> None:
     """Review in the terminal: 1/2/3 = response 1 / response 2 / tie, s = skip, u = undo, q = quit."""
-    from review.session import next_item, progress, record_review, reviewer_for_token, undo_last
+    from review.session import next_item, queue_progress, record_review, reviewer_for_token, undo_last
     from review.text_safety import visible_segments
 
     constitution, settings = review_settings(config)
@@ -152,5 +152,5 @@ def review_next(
                 continue
             rationale = "" if choice == "skip" else typer.prompt("why? (Enter to skip)", default="", show_default=False)
             record_review(store, round_index, reviewer.reviewer_id, item.pair_id, choice, rationale, per_pair)
-        done = progress(store, round_index, reviewer.reviewer_id, per_pair)
+        done = queue_progress(store, round_index, reviewer.reviewer_id, per_pair)
         console.print(f"nothing left for you in round {round_index} ({done.done}/{done.total} pairs done)")

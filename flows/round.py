@@ -32,7 +32,7 @@ from flows.stages import RoundContext, deploy_stages, dispatch
 from judges.qualification import QualificationGate
 from prompts.loader import Prompt, load_prompts
 from review.agreement import AgreementCheck, round_agreement
-from review.session import progress as review_progress
+from review.session import queue_progress
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
 from store.rows import ModelRow, PromptRow, RoundRow
@@ -176,7 +176,7 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
     """
     logger = get_run_logger()
     rnd = store.round_by_index(rnd.round_index) or rnd  # review_released may have changed since begin_round
-    done = review_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
+    done = queue_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
     if done.total == 0 or done.done == done.total or rnd.review_released:
         return None
     missing = f"{done.done}/{done.total} queued pairs reviewed"

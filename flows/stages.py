@@ -36,7 +36,7 @@ from judges.stage import PairwiseJudge, judge_pairs
 from judges.stats import judge_stats
 from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts, select_heldout_prompts
-from review.routing import RoutingCandidate, route_spot_checks
+from review.routing import PairToRoute, route_spot_checks
 from sampling.sampler import TransformersSampler
 from sampling.stage import pair_samples, sample_for_round, select_max_min
 from sampling.vllm_engine import choose_backend
@@ -334,8 +334,8 @@ def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, 
 @task(cache_policy=NO_CACHE)
 def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, prompts: list[Prompt], verdicts) -> int:
     tags = {p.prompt_id: p.tags for p in prompts}
-    candidates = [RoutingCandidate(pair_id=p.pair_id, tags=tags.get(p.prompt_id, []), verdict=verdicts[p.pair_id]) for p in pairs]
-    queue = route_spot_checks(candidates, config.routing, rnd.round_id, rnd.seed)
+    to_route = [PairToRoute(pair_id=p.pair_id, tags=tags.get(p.prompt_id, []), verdict=verdicts[p.pair_id]) for p in pairs]
+    queue = route_spot_checks(to_route, config.routing, rnd.round_id, rnd.seed)
     store.append(queue)
     return len(store.review_queue(rnd.round_id))
 

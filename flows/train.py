@@ -23,7 +23,7 @@ import torch
 from flows.config import RoundConfig
 from flows.policy import load_lineage
 from review.agreement import round_agreement
-from review.session import progress as review_progress
+from review.session import queue_progress
 from store.db import Store, StoreError
 from store.rows import RoundRow, StepMetrics, TrainMetricRow
 from training.candidate import TrainOutcome, fit_candidate, plan_candidate, record_candidate, recorded_outcome
@@ -98,7 +98,7 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
 
 def _check_reviews(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str) -> None:
     """Refuse what the round flow would refuse: unreleased reviews, or a judge the reviewers disagree with."""
-    done = review_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
+    done = queue_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
     if rnd.status == "waiting_for_review" and not rnd.review_released and done.done < done.total:
         raise TrainRefused(f"round {rnd.round_index} is waiting for reviews ({done.done}/{done.total} queued pairs reviewed); "
                            f"review them or `rlaif review release {rnd.round_index}`")

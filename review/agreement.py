@@ -52,7 +52,7 @@ def measure_agreement(records: Sequence[PairRecord], labels: dict[str, str], rou
 
 def round_agreement(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[AgreementRow]:
     """A round's judge-human agreement now, from its stored verdicts and reviews (the rows are not stored)."""
-    return measure_agreement(store.training_candidates(round_id, judge_id, constitution_hash),
+    return measure_agreement(store.judged_pairs(round_id, judge_id, constitution_hash),
                              human_labels(store.reviews_of_round(round_id)), round_id, judge_id, constitution_hash)
 
 

@@ -326,7 +326,7 @@ def create_app(
     def queue(who: Caller = Depends(caller)) -> Response:
         with connected() as store:
             rounds = sorted(store.rounds(), key=lambda r: r.round_index, reverse=True)
-            rows = [(r, session.progress(store, r.round_index, who.reviewer_id, reviews_per_pair)) for r in rounds]
+            rows = [(r, session.queue_progress(store, r.round_index, who.reviewer_id, reviews_per_pair)) for r in rounds]
         return page("queue.html", reviewer=who.reviewer_id, csrf=who.csrf, rows=rows)
 
     @app.get("/rounds/{round_index}")
@@ -334,7 +334,7 @@ def create_app(
         with connected() as store:
             check_round(store, round_index)
             item = session.next_item(store, round_index, who.reviewer_id, reviews_per_pair)
-            progress = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
+            progress = session.queue_progress(store, round_index, who.reviewer_id, reviews_per_pair)
         return page("review.html", reviewer=who.reviewer_id, csrf=who.csrf, round_index=round_index, item=item,
                     progress=progress, constitution=constitution)
 
@@ -343,11 +343,11 @@ def create_app(
         who, form = checked
         with connected() as store:
             check_round(store, round_index)
-            before = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
+            before = session.queue_progress(store, round_index, who.reviewer_id, reviews_per_pair)
             session.record_review(store, round_index, who.reviewer_id, pair_id=form.get("pair_id", ""),
                                   choice=form.get("choice", ""), rationale=browser_text(form.get("rationale")),
                                   reviews_per_pair=reviews_per_pair, shown=form.get("shown_order"))
-            after = session.progress(store, round_index, who.reviewer_id, reviews_per_pair)
+            after = session.queue_progress(store, round_index, who.reviewer_id, reviews_per_pair)
             # Only the label that completes the queue reports it (not every later skip or late label).
             if after.total > 0 and after.done == after.total and before.done < after.total:
                 notify_round_done(on_round_done, store, round_index)

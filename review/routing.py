@@ -28,15 +28,15 @@ class RoutingPolicy(BaseModel):
     max_per_round: int = Field(default=50, ge=0)
 
 
-class RoutingCandidate(BaseModel):
+class PairToRoute(BaseModel):
     pair_id: str
     tags: list[str]
     verdict: VerdictRow
 
 
-def route_spot_checks(candidates: Sequence[RoutingCandidate], policy: RoutingPolicy, round_id: str, seed: int) -> list[ReviewQueueRow]:
+def route_spot_checks(pairs: Sequence[PairToRoute], policy: RoutingPolicy, round_id: str, seed: int) -> list[ReviewQueueRow]:
     routed: list[tuple[int, ReviewQueueRow]] = []
-    for c in candidates:
+    for c in pairs:
         reasons = [f"high_stakes:{t}" for t in c.tags if t in policy.high_stakes_tags]
         v = c.verdict
         if policy.low_confidence and (v.status != "ok" or not v.consistent or v.confidence < policy.low_confidence_below):

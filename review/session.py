@@ -113,7 +113,7 @@ class ReviewItem(BaseModel):
     hidden: dict[str, list[str]] = {}   # "prompt" | "left" | "right" -> ["U+202E", ...]
 
 
-class Progress(BaseModel):
+class QueueProgress(BaseModel):
     round_index: int
     done: int
     total: int
@@ -135,12 +135,12 @@ def labels_per_pair(reviews: list[ReviewRow]) -> dict[str, int]:
     return counts
 
 
-def progress(store: Store, round_index: int, reviewer: str, reviews_per_pair: int) -> Progress:
+def queue_progress(store: Store, round_index: int, reviewer: str, reviews_per_pair: int) -> QueueProgress:
     rnd = round_or_error(store, round_index)
     queue = store.review_queue(rnd.round_id)
     reviews = store.reviews_of_round(rnd.round_id)
     counts = labels_per_pair(reviews)
-    return Progress(round_index=round_index, total=len(queue),
+    return QueueProgress(round_index=round_index, total=len(queue),
                     done=sum(counts.get(q.pair_id, 0) >= reviews_per_pair for q in queue),
                     mine=sum(r.reviewer == reviewer and r.winner != "skip" for r in reviews))
 

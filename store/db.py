@@ -452,7 +452,7 @@ class Store:
         )
         return {r.pair_id: r for r in rows}
 
-    def training_candidates(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PairRecord]:
+    def judged_pairs(self, round_id: str, judge_id: str, constitution_hash: str) -> list[PairRecord]:
         """The round's training pairs with texts, token ids and (if judged) the judge's verdict.
 
         Round-robin comparisons (n>2) only rank samples; their max_min selections are the training pairs.

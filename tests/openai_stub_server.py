@@ -47,6 +47,7 @@ class StubOpenAIServer:
         self.failure_rate, self.rng, self.failed = failure_rate, random.Random(seed), 0
         self.requests = 0
         self.per_message: Counter[str] = Counter()
+        self.user_messages: list[str] = []  # the first user message of every request, in arrival order
         self.authorization: set[str] = set()
         self.lock = threading.Lock()
         ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops connections under load
@@ -87,6 +88,7 @@ class StubOpenAIServer:
                 with server.lock:
                     server.requests += 1
                     server.per_message[key] += 1
+                    server.user_messages.append(user)
                     nth = server.per_message[key]
                     server.authorization.add(self.headers.get("Authorization", ""))
                     fail = server.rng.random() < server.failure_rate

@@ -49,23 +49,37 @@ def run_round(config: Path, db: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def kill_during(config: Path, db: Path, stage: str, delay_s: float) -> None:
-    """Start a round and SIGKILL it `delay_s` after it says (in the store's holder file) it entered `stage`."""
-    holder = db.with_name(db.name + ".holder.json")
+def kill_during(config: Path, db: Path, stage: str) -> None:
+    """Start a round and SIGKILL it right after its first commit inside `stage`: it says in the store's
+    holder file which stage it is in, and DuckDB's write-ahead log changes when it commits."""
+    holder, wal = db.with_name(db.name + ".holder.json"), db.with_name(db.name + ".wal")
+
+    def wal_state() -> tuple[int, int] | None:
+        try:
+            found = wal.stat()
+            return found.st_size, found.st_mtime_ns
+        except OSError:
+            return None
+
+    def poll(reached, what: str) -> None:
+        deadline = time.monotonic() + 300
+        while not reached():
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"the round never {what} (exit code {process.returncode})")
+            time.sleep(0.005)
+
+    def in_stage() -> bool:
+        try:
+            return json.loads(holder.read_text()).get("activity") == f"round 1: {stage}"
+        except (OSError, ValueError):
+            return False
+
     process = subprocess.Popen([RLAIF, "round", "--config", str(config), "--db", str(db)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=rlaif_env())
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if json.loads(holder.read_text()).get("activity") == f"round 1: {stage}":
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    else:
-        process.kill()
-        pytest.fail(f"the round never reached {stage} (exit code {process.returncode})")
-    time.sleep(delay_s)
+    poll(in_stage, f"reached {stage}")
+    entered = wal_state()
+    poll(lambda: wal_state() != entered, f"committed anything in {stage}")
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -78,9 +92,9 @@ def test_a_round_killed_in_any_stage_and_rerun_equals_an_uninterrupted_round(pre
         reference = store.primary_keys()
     assert reference["train_metrics"] and reference["evals"] and len(reference["rounds"]) == 1
 
-    for stage, delay in (("sampling", 0.5), ("judging", 0.2), ("training", 0.5), ("evaluating", 0.3)):
+    for stage in ("sampling", "judging", "training", "evaluating"):
         db = tmp_path / f"killed-in-{stage}.duckdb"
-        kill_during(fault_config, db, stage, delay)
+        kill_during(fault_config, db, stage)
         with Store(db, read_only=True) as store:
             (rnd,) = store.rounds()
             killed = store.primary_keys()

@@ -45,7 +45,7 @@ def test_every_fault_is_retried_or_recorded_and_never_counted(tmp_path):
         assert schema_retry.parse_status == "ok" and "maybe" in schema_retry.raw_response
         assert all(j.prompt_tokens > 0 for j in judgments.values() if j.parse_status == "ok")
         # nothing invalid or errored becomes training data
-        candidates = store.training_candidates("r", verdicts[pairs[0].pair_id].judge_id, constitution.content_hash)
+        candidates = store.judged_pairs("r", verdicts[pairs[0].pair_id].judge_id, constitution.content_hash)
         trusted = {r.pair_id for r in select_preferences(candidates, human={})}
         assert trusted == {p.pair_id for f, p in zip(faults, pairs) if f not in ("FAULT:truncated", "FAULT:always500")}
 
@@ -79,15 +79,24 @@ def test_falls_back_to_the_json_prompt_when_the_server_refuses_a_schema(tmp_path
         assert verdicts["pair0"].status == "ok" and verdicts["pair0"].winner == "b"
 
 
-def test_constitutional_ai_mode_judges_the_same_subset_in_both_orders():
-    constitution = load_constitution("bundled:support")
-    judge = OpenAIJudge(OpenAIJudgeSettings(base_url="http://127.0.0.1:1/v1", model="m", principles_per_comparison=2))
-    from judges.verdict import PairText
+def test_constitutional_ai_mode_judges_the_same_subset_in_both_orders(tmp_path):
+    """What the server is asked: each pair's two orders name the same two model-judged principles,
+    and different pairs get different subsets."""
+    from openai_stub_server import _principles_and_replies
 
-    pair = PairText(prompt="q", text_a="x", text_b="y")
-    subset = judge.principles_for(pair, constitution)
-    assert len(subset) == 2 and all(p.check is None for p in subset)
-    assert subset == judge.principles_for(pair, constitution)
+    constitution = load_constitution("bundled:support")
+    judged = {p.id for p in constitution.principles if p.judged}
+    with StubOpenAIServer() as server, Store(tmp_path / "j.duckdb") as store:
+        pairs = seed_pairs(store, [(f"Question {i}", f"{LONG} ({i})", f"{SHORT} ({i})") for i in range(8)])
+        judge_pairs(store, OpenAIJudge(settings(server, principles_per_comparison=2, concurrency=1)), constitution, pairs)
+        asked: dict[str, list[frozenset[str]]] = {}
+        for user in server.user_messages:
+            ids, a, b = _principles_and_replies(user)
+            asked.setdefault(min(a, b), []).append(frozenset(ids))  # both orders of a pair share its texts
+    assert len(asked) == 8
+    for subsets in asked.values():
+        assert len(subsets) == 2 and subsets[0] == subsets[1] and len(subsets[0]) == 2 and subsets[0] <= judged
+    assert len({subsets[0] for subsets in asked.values()}) > 1  # a subset per pair, not one fixed subset
 
 
 def test_api_key_is_sent_but_never_stored_or_logged(tmp_path, monkeypatch, caplog, capfd):

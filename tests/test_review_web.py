@@ -148,10 +148,12 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
     page.goto(site.url + "/rounds/1")
     assert "0 / 3 this round" in page.inner_text("body")
 
-    # Enter without a choice does nothing.
+    # Enter without a choice does nothing: the page's key handler submits forms synchronously
+    # (requestSubmit), so a submit event would have been counted by the time the key press returns.
+    page.evaluate("window.submits = 0; window.addEventListener('submit', () => { window.submits += 1; })")
     page.focus("#rationale")
     page.keyboard.press("Enter")
-    page.wait_for_timeout(300)
+    assert page.evaluate("window.submits") == 0
     assert site.reviews() == [] and page.url == site.url + "/rounds/1"
     page.evaluate("document.activeElement.blur()")
 

@@ -119,7 +119,7 @@ def test_round_with_n3_judges_a_round_robin_and_trains_on_best_vs_worst(prefect_
                 for cid, sign in ((p.completion_a, 1), (p.completion_b, -1)):
                     score[cid] = score.get(cid, 0) + {"a": sign, "b": -sign}.get(w, 0)
             assert {score[pair.completion_a], score[pair.completion_b]} == {max(score.values()), min(score.values())}
-        records = select_preferences(store.training_candidates(rnd.round_id, summary.judge_id, rnd.constitution_hash), {})
+        records = select_preferences(store.judged_pairs(rnd.round_id, summary.judge_id, rnd.constitution_hash), {})
         assert {r.pair_id for r in records} <= {p.pair_id for p in chosen}  # round-robin comparisons never train
         assert summary.train.n_pairs == len(records)
         queued = {q.pair_id for q in store.review_queue(rnd.round_id)}
@@ -336,3 +336,26 @@ def test_a_constitution_changed_mid_round_is_refused_and_nothing_is_written(pref
         rlaif_round(config=config)
     with Store(config.store, read_only=True) as store:
         assert store.primary_keys() == before and store.rounds()[0].status == "waiting_for_review"
+
+
+def test_promotion_is_decided_at_the_bar_and_never_for_a_collapsed_candidate(round_config):
+    """The gate itself, at the bar: promoted when the LC win rate reaches it, not a hair below; a
+    collapsed candidate never, whatever the bar."""
+    from evals.stage import EvalOutcome, ModelStats
+    from flows.round import promote
+    from training.candidate import TrainOutcome
+
+    stats = ModelStats(model_id="m", mean_tokens=10, median_tokens=10, principle_pass={})
+    evaluation = EvalOutcome(n=20, wins=12, losses=8, ties=0, win_rate=0.6, win_rate_low=0.39, win_rate_high=0.78,
+                             lc_win_rate=0.57, length_coef=0.0, consistency=1.0, candidate=stats, baseline=stats)
+    trained = TrainOutcome(trained=True, reason="trained", candidate_id="cand")
+    with Store(round_config.store) as store:
+        store.append([ModelRow(model_id="cand", parent_id=None, kind="adapter", path="a", created_round=1, promoted=False)])
+        for bar, expected in ((0.57, True), (0.571, False), (0.2, True), (0.9, False)):
+            config = round_config.model_copy(update={"eval": round_config.eval.model_copy(update={"min_lc_win_rate": bar})})
+            promoted, decision = promote.fn(store, config, trained, evaluation)
+            assert promoted is expected and store.by_ids(ModelRow, ["cand"])["cand"].promoted is expected, bar
+            assert decision == store.by_ids(ModelRow, ["cand"])["cand"].promotion_reason
+        collapsed = trained.model_copy(update={"collapsed": True, "reason": "collapse"})
+        promoted, decision = promote.fn(store, round_config, collapsed, evaluation)  # the fixture's bar is 0
+        assert not promoted and decision == "not promoted: collapse"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from review.routing import RoutingCandidate, RoutingPolicy, route_spot_checks
+from review.routing import PairToRoute, RoutingPolicy, route_spot_checks
 from store.rows import VerdictRow
 
 
-def candidate(i: int, consistent: bool = True, confidence: float = 0.5, tags=(), votes=None) -> RoutingCandidate:
+def candidate(i: int, consistent: bool = True, confidence: float = 0.5, tags=(), votes=None) -> PairToRoute:
     v = VerdictRow(pair_id=f"p{i}", judge_id="j", constitution_hash="h", status="ok", winner="a" if consistent else "tie",
                    consistent=consistent, confidence=confidence, score=0.5, votes_json=votes or {}, rationale="", judgment_ab="x",
                    judgment_ba="y")
-    return RoutingCandidate(pair_id=f"p{i}", tags=list(tags), verdict=v)
+    return PairToRoute(pair_id=f"p{i}", tags=list(tags), verdict=v)
 
 
 def test_random_slice_is_about_the_rate_and_deterministic():

@@ -49,10 +49,16 @@ def test_judging_against_vllm_server_and_rerun_makes_zero_requests(vllm_server, 
             assert j.parse_status in ("ok", "invalid"), j.rationale   # a transport error would be a bug here
             assert j.raw_response and j.prompt_tokens > 0
         assert any(j.parse_status == "ok" for j in judgments.values())
-        # the executable checks decide what they cover, whatever the small model says
-        for v in verdicts.values():
+        # the executable checks decide what they cover, whatever the small model says: pair0's b signs off
+        # with "[Your Name]" (a placeholder), pair1 has none on either side
+        expected = {"pair0": "a", "pair1": "tie"}
+        ok = [j for j in judgments.values() if j.parse_status == "ok"]
+        assert any(j.pair_id == "pair0" for j in ok), "no valid judgment of the pair the check decides"
+        for j in ok:
+            assert j.votes_json["no_placeholders"]["vote"] == expected[j.pair_id], j.votes_json["no_placeholders"]
+        for pair_id, v in verdicts.items():
             if v.status == "ok":
-                assert v.votes_json["no_placeholders"] in ("a", "tie")
+                assert v.votes_json["no_placeholders"] == expected[pair_id]
         judge_pairs(store, OpenAIJudge(settings), constitution, pairs)
         assert served_requests(vllm_server) == first  # the rerun was answered from the judge cache
 

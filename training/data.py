@@ -72,8 +72,8 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
 
 def round_preferences(store: Store, round_id: str, judge_id: str, constitution_hash: str) -> list[PreferenceRecord]:
     """A round's trustworthy preferences, with its human reviews applied."""
-    candidates = store.training_candidates(round_id, judge_id, constitution_hash)
-    return select_preferences(candidates, human_labels(store.reviews_of_round(round_id)))
+    return select_preferences(store.judged_pairs(round_id, judge_id, constitution_hash),
+                              human_labels(store.reviews_of_round(round_id)))
 
 
 def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[PreferenceRecord]:
