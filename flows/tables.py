@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel
+from rich import box
 from rich.table import Table
 
 from evals.report_data import RoundPoint
@@ -74,9 +75,9 @@ class StatusLine(BaseModel):
 
 def status_table(where: str, lines: Sequence[StatusLine]) -> Table:
     """Rounds at a glance, readable in an 80-column terminal: short headers, one number per column."""
-    table = Table(title=f"rounds in {where}", title_justify="left")
-    for col, justify in (("#", "right"), ("status", "left"), ("pairs", "right"), ("consist", "right"),
-                         ("reviewed", "right"), ("κ", "right"), ("loss", "left"), ("LC win", "right"), ("promoted", "left")):
+    table = Table(title=f"rounds in {where}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col, justify in (("#", "right"), ("status", "left"), ("pairs", "right"), ("consistent", "right"),
+                         ("reviewed", "right"), ("κ", "right"), ("DPO loss", "left"), ("LC win", "right"), ("promoted", "left")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for line in lines:
         p = line.point

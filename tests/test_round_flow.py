@@ -232,9 +232,14 @@ def test_gate_waits_for_reviews_then_refuses_to_train_when_humans_disagree(prefe
         assert store.count_rows()["train_runs"] == 0
         overall = [a for a in store.agreement("round-0001") if a.scope == "overall"]
         assert overall[0].accuracy == 0.0 and overall[0].n == summary.agreement.n > 0
-    status = CliRunner().invoke(app, ["status", "--db", str(config.store.file)])
+    status = CliRunner().invoke(app, ["status", "--db", str(config.store.file)], env={"COLUMNS": "80"})
     assert status.exit_code == 0 and "round 1 (policy" in status.output, status.output
     assert "judge-human agreement too low" in " ".join(status.output.split()), status.output
+    # the rounds table fits an 80-column terminal with every header whole
+    table = status.output.split("round 1 (policy")[0].splitlines()
+    assert max(len(line) for line in table) <= 80 and "…" not in "".join(table), status.output
+    header = next(line for line in table if line.split()[:2] == ["#", "status"])
+    assert header.split() == ["#", "status", "pairs", "consistent", "reviewed", "κ", "DPO", "loss", "LC", "win", "promoted"]
 
 
 def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, round_config):
