@@ -61,12 +61,14 @@ postgres:
 demo: setup
 	$(BIN)/rlaif demo
 
-# Lint: ruff over the product code, its tests and benchmarks (rules in pyproject.toml).
+# Lint: ruff over the product code, its tests and benchmarks; mypy over the product code (both
+# configured in pyproject.toml).
 PRODUCT := flows judges constitution training evals sampling store review lm prompts inputs
 LINTED  := $(PRODUCT) tests benchmarks
 
 lint: setup-test
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
 
 test: setup-test vllm chromium postgres lint
 	$(BIN)/python -m pytest

@@ -22,6 +22,7 @@ from pathlib import Path
 from flows.compare import compare_models
 from flows.config import checked_config, load_config
 from flows.loop import rlaif_loop
+from flows.round import RoundSummary
 from flows.train import TrainRefused, train_round
 from store.db import Store
 
@@ -62,9 +63,8 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
         rnd = store.round_by_index(1)
         assert rnd is not None, f"{config.store.file}: run the default lever first"
         base = rnd.policy_id
-        judge = rnd.summary_json["judge_id"]
-        trusted = (rnd.summary_json.get("judge_gate") or {}).get("qualified", [])
-        round_train = rnd.summary_json["train"]
+        summary = RoundSummary.model_validate(rnd.summary_json)
+        judge, trusted, round_train = summary.judge_id, summary.judge_gate.qualified, summary.train.model_dump(mode="json")
     try:
         trained = train_round(config, 1, judge).model_dump(mode="json") if kind == "train" else round_train
     except TrainRefused as refused:

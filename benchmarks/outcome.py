@@ -32,6 +32,7 @@ from evals.report_data import build_report  # noqa: E402
 from flows.compare import compare_models  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from flows.loop import rlaif_loop  # noqa: E402
+from flows.round import RoundSummary  # noqa: E402
 from inputs.files import load_yaml  # noqa: E402
 from store.db import Store  # noqa: E402
 
@@ -87,23 +88,23 @@ def main() -> None:
           "LC win | raw win (95% CI) | policy mean tokens | promoted")
     per_round = []
     for point, rnd in zip(report.history[-args.rounds:], rounds):
-        s = rnd.summary_json
+        s = RoundSummary.model_validate(rnd.summary_json)
         mean = sum(point.policy_lengths) / len(point.policy_lengths) if point.policy_lengths else float("nan")
         lc = "-" if point.lc_win_rate is None else f"{point.lc_win_rate:.2f}"
         raw = "-" if point.win_rate is None else f"{point.win_rate:.2f} ({point.win_rate_low:.2f}-{point.win_rate_high:.2f})"
-        qualified = (s.get("judge_gate") or {}).get("qualified", [])
-        longer = ((s["train"].get("audit") or {}).get("chosen_longer_share"))
-        print(f"{rnd.round_index:5d} | {rnd.policy_id:17s} | {s['pairs_judged']:5d} | {s['consistent_pairs']:10d} | "
-              f"{', '.join(qualified) or '-':20s} | {s['train']['n_pairs']:9d} | "
+        qualified = s.judge_gate.qualified
+        longer = s.train.audit.chosen_longer_share if s.train.audit else None
+        print(f"{rnd.round_index:5d} | {rnd.policy_id:17s} | {s.pairs_judged:5d} | {s.consistent_pairs:10d} | "
+              f"{', '.join(qualified) or '-':20s} | {s.train.n_pairs:9d} | "
               f"{'-' if longer is None else f'{longer:.0%}':>13s} | {lc:>6s} | {raw:>16s} | {mean:18.1f} | "
               f"{'yes' if point.promoted else 'no'}")
-        per_round.append({"round": rnd.round_index, "pairs_judged": s["pairs_judged"], "consistent_pairs": s["consistent_pairs"],
-                          "qualified_principles": qualified, "trained_pairs": s["train"]["n_pairs"],
+        per_round.append({"round": rnd.round_index, "pairs_judged": s.pairs_judged, "consistent_pairs": s.consistent_pairs,
+                          "qualified_principles": qualified, "trained_pairs": s.train.n_pairs,
                           "chosen_longer_share": longer, "lc_win_rate": point.lc_win_rate, "win_rate": point.win_rate,
                           "win_rate_ci": [point.win_rate_low, point.win_rate_high], "policy_mean_tokens": mean,
                           "promoted": point.promoted})
-    judge_id = rounds[-1].summary_json.get("judge_id")
-    trusted = (rounds[-1].summary_json.get("judge_gate") or {}).get("qualified", [])
+    last = RoundSummary.model_validate(rounds[-1].summary_json)
+    judge_id, trusted = last.judge_id, last.judge_gate.qualified
 
     started = time.perf_counter()
     outcome = compare_models(config, final, base)

@@ -28,8 +28,8 @@ def win_rates(history: Sequence[RoundPoint]) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     rounds = [p.round_index for p in history]
     raw = [_value(p.win_rate) for p in history]
-    low = [0 if p.win_rate is None else p.win_rate - p.win_rate_low for p in history]
-    high = [0 if p.win_rate is None else p.win_rate_high - p.win_rate for p in history]
+    low = [p.win_rate - p.win_rate_low if p.win_rate is not None and p.win_rate_low is not None else 0 for p in history]
+    high = [p.win_rate_high - p.win_rate if p.win_rate is not None and p.win_rate_high is not None else 0 for p in history]
     ax.errorbar(rounds, raw, yerr=[low, high], marker="o", capsize=4, label="raw win rate (95% Wilson CI)")
     ax.plot(rounds, [_value(p.lc_win_rate) for p in history], marker="s", label="length-controlled win rate")
     if history and history[-1].promotion_bar is not None:

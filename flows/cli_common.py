@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,7 +38,7 @@ DB_OPTION = typer.Option(None, "--db", help="the store: a DuckDB file or ducklak
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="round config YAML (its store, constitution, review settings)")
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # never wrap paths
     raise typer.Exit(code)
 

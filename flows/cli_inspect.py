@@ -59,7 +59,7 @@ def status(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION
     with existing_store(store_location(db, config), read_only=True) as store:
         rounds, lines = store.rounds(), []
         for r in rounds:
-            verdicts = store.verdicts_of_round(r.round_id).get((r.judge_id, r.constitution_hash), [])
+            verdicts = store.verdicts_of_round(r.round_id).get((r.judge_id, r.constitution_hash), []) if r.judge_id else []
             steps = store.train_metrics(r.train_run_id) if r.train_run_id else []
             reviewed = {v.pair_id for v in store.reviews_of_round(r.round_id) if v.winner != "skip"}
             lines.append(StatusLine(point=round_point(store, r), pairs=len(verdicts), queued=len(store.review_queue(r.round_id)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
+from uuid import UUID
 
 import typer
 from rich.markup import escape
@@ -80,23 +81,21 @@ def release(store: Store, round_index: int, released_by: str) -> str:
 
     rnd = round_or_error(store, round_index)
     store.release_review(rnd.round_id)
-    if rnd.status == "waiting_for_review" and _suspended(rnd.flow_run_id):
+    if rnd.status == "waiting_for_review" and rnd.flow_run_id is not None and _suspended(rnd.flow_run_id):
         from prefect.flow_runs import resume_flow_run
 
-        resume_flow_run(rnd.flow_run_id, run_input={"released_by": released_by})
+        resume_flow_run(UUID(rnd.flow_run_id), run_input={"released_by": released_by})
         return f"round {round_index} released; its suspended flow run {rnd.flow_run_id} resumes"
     return f"round {round_index} released: its next run trains without waiting for reviews"
 
 
-def _suspended(flow_run_id: str | None) -> bool:
+def _suspended(flow_run_id: str) -> bool:
     """Is the round's flow run suspended at the gate? Only a deployed run can be, and a deployment
     needs a Prefect server that outlives it (PREFECT_API_URL): without one, there is nothing to resume."""
-    from uuid import UUID
-
     from prefect import get_client
     from prefect.settings import get_current_settings
 
-    if flow_run_id is None or not get_current_settings().api.url:
+    if not get_current_settings().api.url:
         return False
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(UUID(flow_run_id)).state

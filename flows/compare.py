@@ -48,5 +48,5 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
             with progress_bar("qualifying the judge") as progress:
                 trusted, _, _ = trusted_principles(store, config, constitution, judge, progress)
             with progress_bar("judging (both orders)") as progress:
-                return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, *sides, progress,
+                return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, sides[0], sides[1], progress,
                                           uncounted=trusted.uncounted)

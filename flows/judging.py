@@ -43,6 +43,7 @@ def judge_server(config: RoundConfig) -> Iterator[None]:
         yield
         return
     log = config.artifacts_dir() / "logs" / "judge-server.log"
+    assert config.judge.openai is not None  # kind openai (checked by the config)
     with running_judge_server(config.judge.server, config.judge.openai.base_url, log):
         yield
 

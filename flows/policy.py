@@ -11,7 +11,7 @@ from flows.config import RoundConfig
 from lm.embedded import EMBEDDED_MODEL_NAME
 from lm.loading import base_checkpoint, load_model, load_tokenizer, save_merged_checkpoint
 from sampling.sampler import Sampler, TransformersSampler
-from sampling.vllm_engine import VLLMEngineSampler, running_vllm_engine
+from sampling.vllm_engine import VLLMEngineSampler, VLLMSettings, running_vllm_engine
 from sampling.vllm_server import VLLMServerSampler
 from store.db import Store
 from store.rows import ModelRow
@@ -60,10 +60,8 @@ def model_sampler(store: Store, config: RoundConfig, model_id: str, backend: str
     adapter = Path(chain[-1].path) if len(chain) > 1 else None
     settings = config.sampler.vllm
     if backend == "vllm-server":
-        if len(chain) > 2:
-            raise ValueError(f"model {model_id} has {len(chain) - 1} adapters; a vLLM server serves its base plus one "
-                             "adapter per request. Use the engine mode (no sampler.vllm.server_url) for this lineage.")
-        sampler = VLLMServerSampler(settings.server_url, tokenizer, settings.served_model if adapter is None else model_id)
+        url, base_name = _server(settings, chain)
+        sampler = VLLMServerSampler(url, tokenizer, base_name if adapter is None else model_id)
         if adapter is not None:
             sampler.load_adapter(model_id, adapter)
         yield sampler
@@ -85,13 +83,21 @@ def candidate_and_parent_samplers(store: Store, config: RoundConfig, candidate_i
     adapter = Path(chain[-1].path)
     settings = config.sampler.vllm
     if backend == "vllm-server":
-        if len(chain) > 2:
-            raise ValueError(f"candidate {candidate_id}'s parent has adapters of its own; a vLLM server serves its base "
-                             "plus one adapter per request")
-        candidate = VLLMServerSampler(settings.server_url, tokenizer, candidate_id)
+        url, base_name = _server(settings, chain)
+        candidate = VLLMServerSampler(url, tokenizer, candidate_id)
         candidate.load_adapter(candidate_id, adapter)
-        yield candidate, VLLMServerSampler(settings.server_url, tokenizer, settings.served_model)
+        yield candidate, VLLMServerSampler(url, tokenizer, base_name)
         return
     log = config.artifacts_dir() / "logs" / f"vllm-engine-{log_name}.log"
     with running_vllm_engine(settings, parent_weights(config, chain), log, enable_lora=True) as engine:
         yield VLLMEngineSampler(engine, tokenizer, adapter), VLLMEngineSampler(engine, tokenizer, None)
+
+
+def _server(settings: VLLMSettings, chain: list[ModelRow]) -> tuple[str, str]:
+    """(url, the server's name for its base model) of the configured vLLM server, which serves its base
+    plus one adapter per request: so `chain` (a lineage, base first) may hold one adapter at most."""
+    if len(chain) > 2:
+        raise ValueError(f"model {chain[-1].model_id} has {len(chain) - 1} adapters; a vLLM server serves its base plus one "
+                         "adapter per request. Use the engine mode (no sampler.vllm.server_url) for this lineage.")
+    assert settings.server_url and settings.served_model  # set together (VLLMSettings checks)
+    return settings.server_url, settings.served_model

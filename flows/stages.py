@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from peft import PeftModel
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from constitution.loader import Constitution, load_constitution
 from evals.probes import load_probe_set
@@ -37,19 +39,19 @@ from judges.stats import judge_stats
 from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts, select_heldout_prompts
 from review.routing import PairToRoute, route_spot_checks
-from sampling.sampler import TransformersSampler
+from sampling.sampler import Sampler, TransformersSampler
 from sampling.stage import pair_samples, sample_for_round, select_max_min
 from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
 from store.ids import stable_int
 from store.location import StoreLocation
-from store.rows import CompletionRow, PairRow, RoundRow, Stage, StageRunRow
+from store.rows import CompletionRow, PairRow, RoundRow, Stage, StageRunRow, VerdictRow
 from training.candidate import TrainOutcome, train_candidate
 from training.data import round_training_data
 
 # Tasks that may talk to a server (vLLM, an OpenAI-compatible judge) retry as a whole after the
 # client's own retries are spent; a retry redoes only what the store does not have yet.
-NETWORK_RETRIES = {"retries": 2, "retry_delay_seconds": 10}
+NETWORK_RETRIES, NETWORK_RETRY_DELAY_S = 2, 10
 STAGE_FLOW = "rlaif-stage"
 
 
@@ -90,7 +92,7 @@ class RoundContext:
         return cls(store, config, load_constitution(config.constitution), load_prompts(config.prompts.source), rnd,
                    set_threads(config.runtime.threads))
 
-    def policy(self):
+    def policy(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """(model, tokenizer) of the round's policy."""
         if "policy" not in self._loaded:
             self._loaded["policy"] = load_policy(self.store, self.rnd.policy_id)
@@ -100,6 +102,16 @@ class RoundContext:
         if "judge" not in self._loaded:
             self._loaded["judge"] = load_judge(self.config)
         return self._loaded["judge"]
+
+    def candidate(self, candidate_id: str) -> PeftModel:
+        """The round's candidate: as trained in this process, else its adapter loaded onto the policy."""
+        if "candidate" not in self._loaded:
+            chain = self.store.model_chain(candidate_id)
+            self._loaded["candidate"] = PeftModel.from_pretrained(self.policy()[0], chain[-1].path)
+        return self._loaded["candidate"]
+
+    def keep_candidate(self, model: PeftModel) -> None:
+        self._loaded["candidate"] = model
 
     def note(self, stage: str) -> None:  # shown to any process the store locks out
         self.store.note(f"round {self.rnd.round_index}: {stage}")
@@ -158,7 +170,7 @@ def training_stage(ctx: RoundContext) -> TrainOutcome:
     ctx.note("training")
     outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge_id, ctx.threads)
     if candidate is not None:
-        ctx._loaded["candidate"] = candidate
+        ctx.keep_candidate(candidate)
     return outcome
 
 
@@ -166,13 +178,7 @@ def eval_stage(ctx: RoundContext) -> EvalOutcome:
     """The candidate vs the round's policy on the held-out and probe prompts, judged in both orders."""
     store, config, rnd = ctx.store, ctx.config, ctx.rnd
     trusted, outcome = _needs(ctx, "qualify"), _needs(ctx, "training")
-    candidate = ctx._loaded.get("candidate")
-    if candidate is None:  # trained by another process: its adapter on the policy
-        from peft import PeftModel
-
-        chain = store.model_chain(outcome.candidate_id)
-        candidate = PeftModel.from_pretrained(ctx.policy()[0], chain[-1].path)
-    tokenizer = ctx.policy()[1]
+    candidate, tokenizer = ctx.candidate(outcome.candidate_id), ctx.policy()[1]
     heldout = select_heldout_prompts(ctx.prompts, config.prompts.heldout, config.seed)
     probes = [load_probe_set(source) for source in config.eval.probes]
     backend, _ = choose_backend(config.sampler.backend, config.sampler.vllm)
@@ -225,12 +231,13 @@ def rlaif_stage(store: StoreLocation, round_id: str, stage: Stage) -> None:
 
 def deploy_stages(config: RoundConfig) -> None:
     """Register (or update) one `rlaif-stage` deployment per work pool the config's workers name."""
-    from prefect.deployments.runner import EntrypointType
+    from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     assert config.workers is not None
     for pool in sorted({config.workers.sampling, config.workers.judging, config.workers.training, config.workers.eval}):
         deployment = rlaif_stage.to_deployment(name=pool, work_pool_name=pool, entrypoint_type=EntrypointType.MODULE_PATH,
                                                tags=["rlaif"], description=f"rlaif round stages on work pool {pool}")
+        assert isinstance(deployment, RunnerDeployment)  # called outside an event loop: not a coroutine
         try:
             deployment.apply()
         except Exception as exc:  # the API says why (usually: no such work pool)
@@ -250,6 +257,7 @@ def dispatch(ctx: RoundContext, stage: Stage) -> Any:
     done = ctx.outcome(stage)
     if done is not None:
         return done
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     pool = {"qualify": workers.judging, "sampling": workers.sampling, "judging": workers.judging,
@@ -259,6 +267,7 @@ def dispatch(ctx: RoundContext, stage: Stage) -> Any:
         run = run_deployment(f"{STAGE_FLOW}/{pool}", parameters={
             "store": ctx.store.location.model_dump(mode="json"), "round_id": ctx.rnd.round_id, "stage": stage},
             timeout=workers.timeout_s, poll_interval=1, flow_run_name=f"{ctx.rnd.round_id}-{stage}")
+    assert isinstance(run, FlowRun)  # called outside an event loop: not a coroutine
     if run.state is None or not run.state.is_completed():
         raise StageFailed(f"stage {stage} of round {ctx.rnd.round_index} on work pool {pool}: flow run {run.id} ended "
                           f"{run.state.name if run.state else 'without a state'}: {run.state.message if run.state else ''}")
@@ -277,7 +286,7 @@ def select_train_prompts(prompts: list[Prompt], n: int, round_index: int, seed: 
 
 
 @task(cache_policy=NO_CACHE)
-def load_policy(store: Store, model_id: str):
+def load_policy(store: Store, model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return load_lineage(store, model_id)
 
 
@@ -286,7 +295,7 @@ def load_judge(config: RoundConfig) -> PairwiseJudge:
     return build_judge(config.judge)
 
 
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
+@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
 def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution, judge: PairwiseJudge) -> QualificationGate:
     """Which model-judged principles this judge's votes count on: its stored qualification for this
     constitution, or a new one measured now (once per judge and constitution)."""
@@ -303,7 +312,7 @@ def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution,
     return trusted
 
 
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
+@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
 def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, loaded, prompts: list[Prompt]) -> list[PairRow]:
     """n completions per prompt from the round's policy; returns the comparisons to judge.
     `loaded`: the policy as (model, tokenizer) when the backend is transformers."""
@@ -325,8 +334,9 @@ def select_max_min_pairs(store: Store, rnd: RoundRow, comparisons: list[PairRow]
     return pairs
 
 
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
-def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs, trusted: QualificationGate):
+@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
+def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, pairs: list[PairRow],
+                trusted: QualificationGate) -> dict[str, VerdictRow]:
     with progress_bar("judging (both orders)") as progress:
         return judge_pairs(store, judge, constitution, pairs, progress, trusted.uncounted)
 
@@ -341,7 +351,8 @@ def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, pr
 
 
 @task(cache_policy=NO_CACHE)
-def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset, judge_id: str, threads: int):
+def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, dataset, judge_id: str,
+          threads: int) -> tuple[TrainOutcome, PeftModel | None]:
     launch = None
     if config.training.processes > 1:
         def launch() -> None:  # `rlaif train` under accelerate launch; it needs a DuckDB file to itself
@@ -361,11 +372,13 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, 
     """The candidate and the current policy answer the eval prompts with the round's sampling backend:
     transformers runs the candidate in memory with its adapter on, then off; vLLM serves the
     policy's weights and the candidate's adapter per request, from one engine."""
+    assert outcome.candidate_id is not None  # only a trained candidate is evaluated
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
     if backend == "vllm-server" and len(store.model_chain(rnd.policy_id)) > 1:
         get_run_logger().warning("eval sampling with transformers: a vLLM server serves its base plus one adapter, "
                                  "and this candidate's parent %s has adapters of its own", rnd.policy_id)
         backend = "transformers"
+    samplers: AbstractContextManager[tuple[Sampler, Sampler | None]]
     if backend == "transformers":
         samplers = nullcontext((TransformersSampler(candidate, tokenizer), None))
     else:
@@ -379,9 +392,9 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, 
     return side_a, side_b
 
 
-@task(cache_policy=NO_CACHE, **NETWORK_RETRIES)
+@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
 def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
                probes, sides, trusted: QualificationGate) -> EvalOutcome:
     with progress_bar("eval: judging") as progress:
-        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, *sides, progress,
+        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, sides[0], sides[1], progress,
                                   uncounted=trusted.uncounted)

@@ -77,6 +77,7 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
                                            config.artifacts_dir(), rnd.seed)
             if refusal is not None:
                 raise TrainRefused(refusal.reason)
+            assert plan is not None  # plan_candidate returns a plan or a refusal
             done = recorded_outcome(store, plan)
     finally:
         state.wait_for_everyone()  # every read-only connection is closed before the writer opens

@@ -29,6 +29,7 @@ from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
 from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, pair_score, scored_judgment, shown_texts, winner_of
 from lm.batching import pad_rows
+from lm.loading import chat_text
 from store.ids import stable_id
 
 Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
@@ -82,22 +83,23 @@ class LocalLogprobJudge:
         return messages
 
     def _render(self, messages: list[dict]) -> str:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + self.template.assistant_prefix
+        return chat_text(self.tokenizer, messages, add_generation_prompt=True) + self.template.assistant_prefix
 
     def _chat_ids(self, turns: list[tuple[str, str]], user: str = "") -> list[int]:
         return self.tokenizer(self._render(self._messages(turns, user)), add_special_tokens=False)["input_ids"]
 
     def _prefix_ids(self, turns: list[tuple[str, str]]) -> list[int]:
         """The tokens every request starts with: the instructions and the worked examples."""
-        text = self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(chat_text(self.tokenizer, self._messages(turns), add_generation_prompt=False),
+                              add_special_tokens=False)["input_ids"]
 
     def _truncate(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_completion_tokens:
             return text
-        return self.tokenizer.decode(ids[: self.max_completion_tokens]) + " ..."
+        cut = self.tokenizer.decode(ids[: self.max_completion_tokens])
+        assert isinstance(cut, str)  # one sequence in, one string out
+        return cut + " ..."
 
     def _examples(self, constitution: Constitution, principles: Sequence[Principle]) -> list[tuple[str, str]]:
         if self.formulation != "pointwise_fewshot":
@@ -209,4 +211,4 @@ class LocalLogprobJudge:
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(keys, values) per layer of a filled cache, each (1, heads, P, head_dim)."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]  # attention layers only

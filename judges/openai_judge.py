@@ -27,7 +27,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import httpx
 import openai
@@ -49,6 +49,7 @@ from judges.verdict import (
     winner_of,
 )
 from store.ids import stable_id, stable_int
+from store.rows import ParseStatus
 
 TEMPLATE_NAME = "pairwise_json_v2"
 SlotVote = Literal["A", "B", "tie", "n/a"]
@@ -82,6 +83,22 @@ class OpenAIJudgeSettings(BaseModel):
         "yes/no question per (reply, principle), scored from the answer token's logprobs (judges/pointwise.py)")
 
 
+Reply = TypeVar("Reply", bound=BaseModel)
+
+
+class PointwiseAnswer(NamedTuple):
+    """One (message, reply, principle) yes/no request: its status, p(yes = the reply breaks it), text, usage."""
+
+    status: ParseStatus
+    p_yes: float | None
+    text: str  # the answer, or why there is none
+    usage: dict
+
+    def breaks(self) -> float:
+        assert self.p_yes is not None, "only an ok answer has a probability"
+        return self.p_yes
+
+
 class BudgetExhausted(Exception):
     pass
 
@@ -113,15 +130,23 @@ def response_format(principle_ids: tuple[str, ...]) -> dict:
         "name": "pairwise_verdict", "schema": reply_model(principle_ids).model_json_schema(), "strict": True}}
 
 
+class JudgeReply(BaseModel):
+    """A valid reply: a vote per asked principle (reply_model narrows `votes` to their ids) and a rationale."""
+
+    model_config = ConfigDict(extra="forbid")
+    votes: BaseModel
+    rationale: str = Field(min_length=1)
+
+
 @functools.lru_cache(maxsize=256)
-def reply_model(principle_ids: tuple[str, ...]) -> type[BaseModel]:
+def reply_model(principle_ids: tuple[str, ...]) -> type[JudgeReply]:
     """The pydantic model of a valid reply: exactly these principle ids, each voted A|B|tie|n/a."""
-    votes = create_model("Votes", __config__=ConfigDict(extra="forbid"), **{pid: (SlotVote, ...) for pid in principle_ids})
-    return create_model("JudgeReply", __config__=ConfigDict(extra="forbid"), votes=(votes, ...),
-                        rationale=(str, Field(min_length=1)))
+    fields: dict[str, Any] = {pid: (SlotVote, ...) for pid in principle_ids}
+    votes = create_model("Votes", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model("JudgeReply", __base__=JudgeReply, votes=(votes, ...))
 
 
-def parse_reply(content: str | None, model: type[BaseModel]) -> BaseModel:
+def parse_reply(content: str | None, model: type[Reply]) -> Reply:
     """Validate the model's reply; a ```json fence around the object is tolerated, nothing else."""
     text = (content or "").strip()
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.DOTALL)
@@ -182,14 +207,14 @@ class OpenAIJudge:
         turns = pointwise.example_turns(self.template, constitution, principles) \
             if self.settings.formulation == "pointwise_fewshot" else []
         prefix = [{"role": "system", "content": self.template.system}]
-        for asked, answer in turns:  # identical in every request, first: a server's prefix cache reuses it
-            prefix += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
+        for example, answer in turns:  # identical in every request, first: a server's prefix cache reuses it
+            prefix += [{"role": "user", "content": example}, {"role": "assistant", "content": answer}]
         keys = list(dict.fromkeys((pair.prompt, text, p.id) for pair, _ in items for p in principles
                                   for text in (pair.text_a, pair.text_b)))
         by_id = {p.id: p for p in principles}
         client, gate, done = self._client_factory(), asyncio.Semaphore(self.settings.concurrency), [0]
 
-        async def ask(key: tuple[str, str, str]) -> tuple[str, float | None, str, dict]:
+        async def ask(key: tuple[str, str, str]) -> PointwiseAnswer:
             message, reply, pid = key
             usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
             messages = prefix + [{"role": "user", "content": pointwise.question(self.template, by_id[pid], message, reply)}]
@@ -198,14 +223,14 @@ class OpenAIJudge:
                     content, token_logprobs = await self._complete(client, messages, usage, schema=None, max_tokens=1,
                                                                    top_logprobs=10)
                 except BudgetExhausted as exc:
-                    return "error", None, str(exc), usage
+                    return PointwiseAnswer("error", None, str(exc), usage)
                 except (openai.APIError, httpx.HTTPError) as exc:
-                    return "error", None, f"{type(exc).__name__}: {exc}", usage
+                    return PointwiseAnswer("error", None, f"{type(exc).__name__}: {exc}", usage)
             done[0] += 1
             progress(done[0], len(keys))
             p_yes = yes_probability(token_logprobs)
-            return ("ok", p_yes, content or "", usage) if p_yes is not None else \
-                ("invalid", None, f"no yes/no among the answer's top tokens: {content!r}", usage)
+            return PointwiseAnswer("ok", p_yes, content or "", usage) if p_yes is not None else \
+                PointwiseAnswer("invalid", None, f"no yes/no among the answer's top tokens: {content!r}", usage)
 
         started = time.perf_counter()
         try:
@@ -217,18 +242,18 @@ class OpenAIJudge:
         for pair, order in items:
             asked = {(p.id, side): answers[(pair.prompt, text, p.id)]
                      for p in principles for side, text in (("a", pair.text_a), ("b", pair.text_b))}
-            usage = {k: sum(a[3][k] for a in asked.values()) / 2 for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
+            usage = {k: sum(a.usage[k] for a in asked.values()) / 2 for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
             usage["prompt_tokens"], usage["completion_tokens"] = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-            raw = json.dumps({f"{pid}/{side}": a[1] if a[0] == "ok" else a[2] for (pid, side), a in asked.items()})
-            failed = [a for a in asked.values() if a[0] != "ok"]
+            raw = json.dumps({f"{pid}/{side}": a.p_yes if a.status == "ok" else a.text for (pid, side), a in asked.items()})
+            failed = [a for a in asked.values() if a.status != "ok"]
             if failed:
-                status = "error" if any(a[0] == "error" for a in failed) else "invalid"
-                results.append(OrderJudgment(order=order, parse_status=status, rationale=failed[0][2], raw_response=raw,
+                status: ParseStatus = "error" if any(a.status == "error" for a in failed) else "invalid"
+                results.append(OrderJudgment(order=order, parse_status=status, rationale=failed[0].text, raw_response=raw,
                                              latency_s=seconds_per_item, **usage))
                 continue
             votes = check_votes(pair, constitution)
             for p in principles:
-                votes[p.id] = pointwise.pair_vote(asked[(p.id, "a")][1], asked[(p.id, "b")][1], self.tie_margin)
+                votes[p.id] = pointwise.pair_vote(asked[(p.id, "a")].breaks(), asked[(p.id, "b")].breaks(), self.tie_margin)
             results.append(scored_judgment(order, votes, constitution, self.tie_margin, raw_response=raw,
                                            latency_s=seconds_per_item, **usage))
         return results
@@ -300,8 +325,10 @@ class OpenAIJudge:
         """One chat completion with retries on transport faults; falls back from a JSON schema if refused.
 
         Returns the reply text and, when `top_logprobs` was asked for and the server sent them, its token logprobs.
+        Transport faults are retried `max_retries` times, then raised; the JSON-schema fallback is not a retry.
         """
-        for attempt in range(self.settings.max_retries + 1):
+        attempt = 0
+        while True:
             self.spend.reserve()
             kwargs = dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                           max_tokens=max_tokens)
@@ -320,6 +347,7 @@ class OpenAIJudge:
                 if attempt == self.settings.max_retries:
                     raise
                 ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt)
+                attempt += 1
                 await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
                 continue
             if response.usage is not None:
@@ -331,9 +359,8 @@ class OpenAIJudge:
             choice = response.choices[0]
             logprobs = choice.logprobs.content if choice.logprobs is not None else None
             return choice.message.content, logprobs
-        raise openai.APIConnectionError(message="retries exhausted", request=None)  # pragma: no cover
 
-    def _failed(self, order: Order, status: str, reason: str, raw: list[str], started: float, usage: dict) -> OrderJudgment:
+    def _failed(self, order: Order, status: ParseStatus, reason: str, raw: list[str], started: float, usage: dict) -> OrderJudgment:
         return OrderJudgment(order=order, parse_status=status, rationale=reason, raw_response="\n---\n".join(raw),
                              latency_s=time.perf_counter() - started, **usage)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from constitution.loader import Constitution
-from judges.verdict import Order, OrderJudgment, PairText, combine_orders, without_uncounted
+from judges.verdict import ORDERS, Order, OrderJudgment, PairText, combine_orders, without_uncounted
 from store.db import Store
 from store.ids import stable_id
 from store.rows import CompletionRow, JudgmentRow, PairRow, PromptRow, VerdictRow
@@ -50,7 +50,7 @@ def judge_pairs(
         for p in pairs
     }
     wanted = {(p.pair_id, order): judgment_id(judge, constitution, texts[p.pair_id], order)
-              for p in pairs for order in ("ab", "ba")}
+              for p in pairs for order in ORDERS}
     cached = store.by_ids(JudgmentRow, wanted.values())
     todo = [(pair_key, order) for (pair_key, order), jid in wanted.items() if jid not in cached]
     if todo:

@@ -14,6 +14,7 @@ from constitution.loader import Constitution
 
 Vote = Literal["a", "b", "tie", "n/a"]
 Order = Literal["ab", "ba"]
+ORDERS: tuple[Order, Order] = ("ab", "ba")  # a pair is judged in both
 
 
 class PairText(BaseModel):

@@ -62,7 +62,8 @@ def convert_gguf(source: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     # The model is float32 but still carries a GGUF quantizer, which makes save_pretrained (and
     # training) refuse it; dropping the quantization config is enough (DESIGN.md 8).
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -72,7 +72,8 @@ def load_model(checkpoint: Path, adapters: Sequence[Path] = (), dtype: torch.dty
     Merging in memory keeps one code path for every later stage (sampling, judging, training a
     fresh adapter on top); for 135M parameters on CPU it takes well under a second.
     """
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device or default_device())
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    model.to(torch.device(device or default_device()))  # type: ignore[arg-type]  # transformers' wrapped `to` is typed for self
     for adapter in adapters:
         from peft import PeftModel
 
@@ -95,6 +96,20 @@ def save_merged_checkpoint(checkpoint: Path, adapters: Sequence[Path], out: Path
     load_tokenizer(checkpoint).save_pretrained(partial)
     partial.rename(out)
     return out
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, token_ids: list[int]) -> str:
+    """The text of sampled tokens, special tokens (the end-of-turn) left out."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    assert isinstance(text, str)  # one sequence in, one string out
+    return text.strip()
+
+
+def chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
+    """A conversation rendered with the tokenizer's chat template, as text."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    assert isinstance(text, str)  # tokenize=False renders text
+    return text
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, system: str, user: str) -> list[int]:

@@ -41,12 +41,12 @@ def measure_agreement(records: Sequence[PairRecord], labels: dict[str, str], rou
     computed_at = utcnow()  # one timestamp for the set: the store reads the latest set of a round
     rows = []
     for (scope, subject), pairs in sorted(groups.items()):
-        judge, human = [p[0] for p in pairs], [p[1] for p in pairs]
+        judge_side, human_side = [p[0] for p in pairs], [p[1] for p in pairs]
         rows.append(AgreementRow(
             agreement_id=stable_id("agreement", round_id, judge_id, constitution_hash, scope, subject, version),
             round_id=round_id, judge_id=judge_id, constitution_hash=constitution_hash, scope=scope, subject=subject,
             n=len(pairs), accuracy=sum(j == h for j, h in pairs) / len(pairs) if pairs else None,
-            kappa=cohen_kappa(judge, human), computed_at=computed_at))
+            kappa=cohen_kappa(judge_side, human_side), computed_at=computed_at))
     return rows
 
 
@@ -68,9 +68,10 @@ def check_agreement(rows: Sequence[AgreementRow], min_reviewed: int, min_kappa: 
     """The training gate: with at least `min_reviewed` reviewed pairs, kappa and accuracy must clear their bars."""
     overall = next(r for r in rows if r.scope == "overall")
     found = AgreementCheck(passed=True, reason="", n=overall.n, accuracy=overall.accuracy, kappa=overall.kappa)
-    if overall.n < min_reviewed:
+    if overall.n == 0 or overall.n < min_reviewed:  # (with review.min_reviewed 0 and no reviews: nothing to check)
         found.reason = f"not checked: {overall.n} reviewed pairs (< review.min_reviewed {min_reviewed})"
         return found
+    assert overall.kappa is not None and overall.accuracy is not None  # both are measured once a pair is reviewed
     measured = f"kappa {overall.kappa:.2f}, accuracy {overall.accuracy:.2f} on {overall.n} reviewed pairs"
     low = []
     if overall.kappa < min_kappa:

@@ -28,7 +28,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -244,7 +244,7 @@ def _add_error_pages(app: FastAPI) -> None:
 
 # ---- the app ------------------------------------------------------------------------------------
 def create_app(
-    open_store: Callable[[], Store],
+    open_store: Callable[[], AbstractContextManager[Store]],
     constitution: Constitution,
     reviews_per_pair: int = 1,
     on_round_done: Callable[[Store, int], None] = lambda store, round_index: None,

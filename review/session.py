@@ -123,7 +123,7 @@ class QueueProgress(BaseModel):
 def round_or_error(store: Store, round_index: int) -> RoundRow:
     rnd = store.round_by_index(round_index)
     if rnd is None:
-        raise ReviewError(f"there is no round {round_index} in {store.path}")
+        raise ReviewError(f"there is no round {round_index} in {store.name}")
     return rnd
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lm.batching import pad_rows
-from lm.loading import encode_chat
+from lm.loading import decode_text, encode_chat
 from store.ids import stable_int
 
 
@@ -117,7 +117,7 @@ def generate_batch(
     torch.manual_seed(batch.seed)  # seeds the CUDA generators too
     greedy = params.temperature == 0
     decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-    out = model.generate(
+    out = model.generate(  # type: ignore[operator]  # GenerationMixin.generate, typed through nn.Module.__getattr__
         input_ids=input_ids,
         attention_mask=attention_mask,
         **decoding,
@@ -144,7 +144,7 @@ def generate_batch(
                 key=requests[r].key,
                 sample_index=s,
                 seed=batch.seed,
-                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                text=decode_text(tokenizer, kept),
                 token_ids=kept,
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish,

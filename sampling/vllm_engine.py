@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedTokenizerBase
 
-from lm.loading import encode_chat
+from lm.loading import decode_text, encode_chat
 from sampling.sampler import SampleBatch, SampledCompletion, SampleRequest, SamplingParams, sequence_seed
 from store.ids import stable_int
 
@@ -123,7 +123,7 @@ def completion_from_vllm(tokenizer: PreTrainedTokenizerBase, request: SampleRequ
         raise RuntimeError("vLLM stopped without returning the end-of-turn token; DPO needs it scored")
     return SampledCompletion(
         key=request.key, sample_index=sample_index, seed=batch_seed,
-        text=tokenizer.decode(token_ids, skip_special_tokens=True).strip(), token_ids=token_ids,
+        text=decode_text(tokenizer, token_ids), token_ids=token_ids,
         prompt_tokens=prompt_tokens, finish_reason=finish, sum_logprob=float(sum(logprobs)),
     )
 

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+from pydantic import BaseModel
 
 from store.location import StoreLocation, parse_location
 from store.rows import (
@@ -54,6 +55,7 @@ from store.rows import (
 )
 
 R = TypeVar("R", bound=Row)
+M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 # Tables of the store itself, not of the product's data.
@@ -98,7 +100,8 @@ def _reference_schema() -> dict[str, list[tuple[str, str]]]:
 def _extension(package: str, name: str) -> str:
     """The path of a DuckDB extension inside its PyPI wheel (found without importing the package)."""
     spec = find_spec(package)
-    found = sorted(Path(spec.submodule_search_locations[0]).glob(f"extensions/*/{name}.duckdb_extension")) if spec else []
+    folders = spec.submodule_search_locations if spec is not None else None
+    found = sorted(Path(folders[0]).glob(f"extensions/*/{name}.duckdb_extension")) if folders else []
     if not found:
         raise StoreError(f"the DuckDB extension {name} is missing: pip install {package.replace('_', '-')}=={duckdb.__version__}")
     return str(found[-1])
@@ -154,6 +157,7 @@ class Store:
     def _attach_lake(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with the lake attached as `lake` (and used as the default database)."""
         loc = self.location
+        assert loc.catalog is not None  # a ducklake location always names one (StoreLocation checks)
         con = duckdb.connect()
         con.execute(f"LOAD {_sql_text(_extension('duckdb_extension_ducklake', 'ducklake'))}")
         scanner = "postgres_scanner" if loc.catalog_kind == "postgres" else "sqlite_scanner"
@@ -585,7 +589,7 @@ def _to_record(row: Row) -> dict[str, Any]:
     return record
 
 
-def _from_record(cls: type[R], record: dict[str, Any]) -> R:
+def _from_record(cls: type[M], record: dict[str, Any]) -> M:
     for name, value in record.items():
         if name.endswith("_json") and isinstance(value, str):
             record[name] = json.loads(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -53,3 +54,17 @@ def healthy(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def stop_processes(processes, logs=()) -> None:
+    """Terminate every started process (then kill what is still running after 30 s) and close their logs."""
+    started = [p for p in processes if p is not None]
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for log in logs:
+        log.close()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.config import load_config
+from flows.round import RoundSummary
 from store.db import Store
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
@@ -100,9 +101,10 @@ def test_demo_runs_a_real_round_and_status_reports_it(tmp_path):
     # the whole loop with every trust gate on: the judge is qualified (once), a candidate is trained,
     # evaluated, and promotion is decided
     assert counts["judge_qualifications"] == 1
-    assert rnd.summary_json["train"]["trained"], rnd.summary_json["train"]["reason"]
+    summary = RoundSummary.model_validate(rnd.summary_json)
+    assert summary.train.trained, summary.train.reason
     assert counts["train_metrics"] >= 1 and counts["models"] == 2 and counts["evals"] >= 1
-    assert abs(rnd.summary_json["train"]["first_loss"] - 0.693147) < 1e-4
+    assert abs(summary.train.first_loss - 0.693147) < 1e-4
     for label in ("judge qualification", "length-controlled win rate"):
         assert label in result.stdout
     status = run_rlaif("status", cwd=tmp_path)

@@ -36,7 +36,8 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         assert counts["train_runs"] == 1 and counts["train_metrics"] == summary.train.n_pairs // 2 + summary.train.n_pairs % 2
         assert counts["models"] == 2 and counts["evals"] > 0
         (rnd,) = store.rounds()
-        assert rnd.status == "finished" and rnd.summary_json["promoted"] is True
+        assert rnd.status == "finished" and rnd.candidate_id == summary.candidate_id
+        assert store.by_ids(ModelRow, [rnd.candidate_id])[rnd.candidate_id].promoted
         assert store.current_policy().model_id == summary.candidate_id
         assert [m.model_id for m in store.model_chain(summary.candidate_id)] == [rnd.policy_id, summary.candidate_id]
         for q in store.review_queue(rnd.round_id):

@@ -110,7 +110,7 @@ def fit_candidate(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
         plan.adapter_dir.parent.mkdir(parents=True, exist_ok=True)
         # Save beside the final directory and rename: a crash never leaves a half-written adapter.
         staging = plan.adapter_dir.with_name(plan.adapter_dir.name + ".partial")
-        model.save_pretrained(staging)
+        model.save_pretrained(str(staging))
         if plan.adapter_dir.exists():
             shutil.rmtree(plan.adapter_dir)
         staging.rename(plan.adapter_dir)

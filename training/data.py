@@ -49,6 +49,8 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
     else a valid judge verdict whose two orders agree on a winner."""
     selected, seen = [], set()
     for r in records:
+        winner: str | None
+        source: Literal["judge", "human"]
         if r.pair_id in human:
             winner, source = human[r.pair_id], "human"
         elif r.verdict_status == "ok" and r.consistent:
@@ -82,10 +84,10 @@ def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[P
     Their completions were sampled by older policies, so their recorded log-probs are not this
     round's reference: they are dropped, and the trainer recomputes the reference.
     """
-    finished = [r for r in store.rounds() if r.round_index < round_index and r.status == "finished" and r.judge_id]
+    finished = [(r, r.judge_id) for r in store.rounds() if r.round_index < round_index and r.status == "finished" and r.judge_id]
     records = []
-    for rnd in finished[-n_rounds:] if n_rounds else []:
-        for r in round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash):
+    for rnd, judge_id in finished[-n_rounds:] if n_rounds else []:
+        for r in round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash):
             records.append(r.model_copy(update={"chosen_logp": None, "rejected_logp": None}))
     return records
 
