@@ -60,7 +60,7 @@ T = TypeVar("T")
 
 # Tables of the store itself, not of the product's data.
 BOOKKEEPING = ("schema_migrations", "store_writes")
-# A write that lost a race on a lake is retried this many times (with jittered backoff from 50 ms).
+# A statement or transaction that lost a race on a lake is tried this many times in all.
 LAKE_WRITE_ATTEMPTS = 30
 # What a lost race looks like: DuckLake's logical conflict, SQLite's lock on the catalog, or two
 # processes creating the same lake's tables at once.
@@ -115,9 +115,16 @@ def _is_conflict(exc: Exception) -> bool:
     return any(marker in str(exc).lower() for marker in CONFLICT_MARKERS)
 
 
-def _backoff(attempt: int) -> None:
-    """Jittered exponential wait before retrying a lost race: 50 ms growing to 2 s."""
-    time.sleep(random.uniform(0.5, 1.5) * min(2.0, 0.05 * 1.5 ** attempt))
+def _retrying(once: Callable[[], T], lost_race: Callable[[duckdb.Error], bool]) -> T:
+    """`once()`, again after a jittered wait (50 ms growing to 2 s) while it fails by losing a race."""
+    for attempt in range(LAKE_WRITE_ATTEMPTS - 1):
+        try:
+            return once()
+        except duckdb.Error as exc:
+            if not lost_race(exc):
+                raise
+        time.sleep(random.uniform(0.5, 1.5) * min(2.0, 0.05 * 1.5 ** attempt))
+    return once()  # the last attempt: whatever it raises is the error
 
 
 class Store:
@@ -175,16 +182,12 @@ class Store:
                 raise StoreError(f"{self.name}: no such lake catalog (run a round first)")
             catalog_file.parent.mkdir(parents=True, exist_ok=True)
         attach = f"ATTACH {_sql_text('ducklake:' + loc.catalog)} AS lake {'(' + ', '.join(options) + ')' if options else ''}"
-        for attempt in range(LAKE_WRITE_ATTEMPTS):  # processes creating a new lake at once race on its metadata tables
-            try:
-                con.execute(attach)
-                break
-            except duckdb.Error as exc:
-                if not _is_conflict(exc) or attempt == LAKE_WRITE_ATTEMPTS - 1:
-                    con.close()
-                    hint = "" if loc.data_path else " (a new lake needs store.data_path)"
-                    raise StoreError(f"{self.name}: cannot attach the lake{hint}: {exc}") from exc
-            _backoff(attempt)
+        try:  # processes creating a new lake at once race on its metadata tables
+            _retrying(lambda: con.execute(attach), _is_conflict)
+        except duckdb.Error as exc:
+            con.close()
+            hint = "" if loc.data_path else " (a new lake needs store.data_path)"
+            raise StoreError(f"{self.name}: cannot attach the lake{hint}: {exc}") from exc
         con.execute("USE lake")
         return con
 
@@ -249,7 +252,7 @@ class Store:
         also bumps `store_writes`, so it conflicts with any other writer's overlapping transaction;
         the loser is rolled back and runs `work` again on the newer snapshot. (Only the schema's
         creation, which makes `store_writes`, does not bump it.)"""
-        for attempt in range(LAKE_WRITE_ATTEMPTS):
+        def once() -> T:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 if self.lake and bump_writes:
@@ -257,27 +260,24 @@ class Store:
                 result = work()
                 self.con.execute("COMMIT")
                 return result
-            except BaseException as exc:
+            except BaseException:
                 try:
                     self.con.execute("ROLLBACK")
                 except duckdb.Error:
                     pass  # a failed COMMIT has already ended the transaction
-                if not (self.lake and isinstance(exc, duckdb.Error) and _is_conflict(exc)) or attempt == LAKE_WRITE_ATTEMPTS - 1:
-                    raise
-            _backoff(attempt)
-        raise AssertionError("unreachable")
+                raise
+        return _retrying(once, self._lost_race)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
         """(column names, rows) of one read; on a lake, a read that meets a catalog lock is retried."""
-        for attempt in range(LAKE_WRITE_ATTEMPTS):
-            try:
-                cursor = self.con.execute(sql, list(params))
-                return [d[0] for d in cursor.description], cursor.fetchall()
-            except duckdb.Error as exc:
-                if not (self.lake and _is_conflict(exc)) or attempt == LAKE_WRITE_ATTEMPTS - 1:
-                    raise
-            _backoff(attempt)
-        raise AssertionError("unreachable")
+        def once() -> tuple[list[str], list[tuple]]:
+            cursor = self.con.execute(sql, list(params))
+            return [d[0] for d in cursor.description], cursor.fetchall()
+        return _retrying(once, self._lost_race)
+
+    def _lost_race(self, exc: duckdb.Error) -> bool:
+        """Another writer of the same lake got there first: worth retrying (a DuckDB file has no such races)."""
+        return self.lake and _is_conflict(exc)
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._transact(lambda: self.con.execute(sql, list(params)))
