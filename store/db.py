@@ -293,14 +293,17 @@ class Store:
             "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
         )
         applied = {v for (v,) in self.con.execute("SELECT version FROM schema_migrations").fetchall()}
-        for version, name, sql in _migrations():
-            if version in applied:
-                continue
-
+        pending = [m for m in _migrations() if m[0] not in applied]
+        for version, name, sql in pending:
             def apply(sql: str = sql, version: int = version, name: str = name) -> None:
                 self.con.execute(sql)
                 self.con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()])
             self._transact(apply)
+        if pending:
+            # Into the file now, not left in the write-ahead log: DuckDB 1.5 cannot replay an ALTER that
+            # sets a column default (its binder has no database yet), so a process killed before its first
+            # checkpoint would leave a file that no longer opens.
+            self.con.execute("CHECKPOINT")
 
     def _lake_schema_version(self) -> int:
         _, found = self._query("SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "

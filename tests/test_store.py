@@ -180,3 +180,21 @@ def test_a_read_only_open_of_a_missing_lake_is_an_error(tmp_path):
 
     with pytest.raises(StoreError, match="no such lake catalog"):
         Store(StoreLocation(kind="ducklake", catalog=f"sqlite:{tmp_path / 'none.sqlite'}"), read_only=True)
+
+
+def test_a_new_duckdb_file_killed_right_after_a_commit_reopens_with_the_row(tmp_path):
+    """DuckDB 1.5 cannot replay a column default's ALTER from the write-ahead log: the migrations are
+    checkpointed into the file, so a process killed before any checkpoint of its own leaves a file that
+    opens, holding what it committed."""
+    db = tmp_path / "r.duckdb"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from store.db import Store
+        from store.rows import PromptRow
+        store = Store({str(db)!r})
+        store.append([PromptRow(prompt_id="p", text="t", source="s", tags=[], split="train")])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)])
+    assert killed.returncode == -9 and db.with_name(db.name + ".wal").exists()  # the row is only in the log
+    with Store(db, read_only=True) as store:
+        assert store.count_rows()["prompts"] == 1
