@@ -44,7 +44,7 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
         "store": location.model_dump() | {"artifacts_dir": str(tmp_path / "artifacts")},
         # long enough training (a stored metrics row per step) to kill the round inside it; the agreement
         # gate counts from 100 reviewed pairs, so the reviews below never stop training
-        "training": round_config.training.model_dump() | {"epochs": 200},
+        "training": round_config.training.model_dump() | {"epochs": 100},
         "review": round_config.review.model_dump() | {"min_reviewed": 100},
     }
     config_file = tmp_path / "lake.json"
