@@ -44,7 +44,7 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
         "store": location.model_dump() | {"artifacts_dir": str(tmp_path / "artifacts")},
         # long enough training (a stored metrics row per step) to kill the round inside it; the agreement
         # gate counts from 100 reviewed pairs, so the reviews below never stop training
-        "training": round_config.training.model_dump() | {"epochs": 100},
+        "training": round_config.training.model_dump() | {"epochs": 200},
         "review": round_config.review.model_dump() | {"min_reviewed": 100},
     }
     config_file = tmp_path / "lake.json"
@@ -88,10 +88,9 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
         # kill -9 the round in the middle of training: what it committed stays
         with Store(location, read_only=True) as reader:  # reads while the round writes
             wait_for(lambda: reader.count_rows()["train_metrics"] >= 5, 600, "the round's first training steps", every_s=0.2)
-        assert round_run.poll() is None, "the round finished before it could be killed in training"
-        committed = keys()
+        committed = keys()  # read while the round writes
         round_run.send_signal(signal.SIGKILL)
-        round_run.wait()
+        assert round_run.wait() == -signal.SIGKILL, "the round finished before it could be killed in training"
         after_kill = keys()
         assert all(committed[t] <= after_kill[t] for t in committed)
         assert len(after_kill["reviews"]) == 2
