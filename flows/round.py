@@ -30,6 +30,7 @@ from flows.judging import judge_server, refuse_unqualified
 from flows.policy import EMBEDDED_PATH
 from flows.stages import RoundContext, deploy_stages, dispatch
 from judges.qualification import QualificationGate
+from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts
 from review.agreement import AgreementCheck, round_agreement
 from review.session import queue_progress
@@ -83,7 +84,7 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         rnd = begin_round(store, config, constitution, prompts, round_index)
         if flow_run.id is not None:  # who works on the round: the loop counts its rounds by it, a release resumes it
             store.set_flow_run(rnd.round_id, str(flow_run.id))
-        ctx = RoundContext.of_round(store, config, rnd)
+        ctx = RoundContext(store, config, constitution, prompts, rnd, set_threads(config.runtime.threads))
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads, stages %s",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, ctx.threads,
                     "in this process" if config.workers is None else "on Prefect workers")
@@ -155,6 +156,12 @@ def begin_round(store: Store, config: RoundConfig, constitution: Constitution, p
                              f"the config's constitution is now {constitution.content_hash}. Refusing to mix them in one round.")
         if existing.status == "failed":  # a rerun after a crash: running again
             store.set_round_status(existing.round_id, "running", None)
+        # The snapshot is the config of the round's latest run: stages on workers read it from there,
+        # so they work with the config this run was given, as stages in this process do.
+        config_json = config.model_dump(mode="json")
+        if existing.config_json != config_json:
+            store.set_round_config(existing.round_id, config_json)
+            return existing.model_copy(update={"config_json": config_json})
         return existing
     policy = store.current_policy()
     assert policy is not None  # the base row was inserted above

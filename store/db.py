@@ -560,6 +560,9 @@ class Store:
         self._write("UPDATE rounds SET status = ?, status_reason = ?, judge_id = coalesce(?, judge_id) WHERE round_id = ?",
                     [status, reason, judge_id, round_id])
 
+    def set_round_config(self, round_id: str, config_json: dict) -> None:
+        self._write("UPDATE rounds SET config_json = ? WHERE round_id = ?", [json.dumps(config_json, sort_keys=True), round_id])
+
     def set_flow_run(self, round_id: str, flow_run_id: str) -> None:
         self._write("UPDATE rounds SET flow_run_id = ? WHERE round_id = ?", [flow_run_id, round_id])
 
