@@ -49,6 +49,9 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
     }
     config_file = tmp_path / "lake.json"
     config_file.write_text(json.dumps(config))
+    # the resumed round trains afresh: with the round's usual 2 epochs (a rerun takes the config it is given)
+    resume_file = tmp_path / "lake-resume.json"
+    resume_file.write_text(json.dumps(config | {"training": round_config.training.model_dump(mode="json")}))
     env = {**os.environ, "COLUMNS": "200"}
     Store(location).close()  # the lake exists, so a reviewer can be added before the first round
     added = subprocess.run([RLAIF, "review", "add-reviewer", "alice", "--config", str(config_file)], env=env,
@@ -61,8 +64,8 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
         return subprocess.Popen([RLAIF, "review", "serve", "--config", str(config_file), "--port", str(port)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def start_round() -> subprocess.Popen:
-        return subprocess.Popen([RLAIF, "round", "--config", str(config_file)], env=env, cwd=tmp_path,
+    def start_round(config: Path = config_file) -> subprocess.Popen:
+        return subprocess.Popen([RLAIF, "round", "--config", str(config)], env=env, cwd=tmp_path,
                                 stdout=(tmp_path / "round.log").open("a"), stderr=subprocess.STDOUT)
 
     def keys() -> dict[str, set]:
@@ -87,7 +90,7 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
 
         # kill -9 the round in the middle of training: what it committed stays
         with Store(location, read_only=True) as reader:  # reads while the round writes
-            wait_for(lambda: reader.count_rows()["train_metrics"] >= 5, 600, "the round's first training steps", every_s=0.2)
+            wait_for(lambda: reader.count_rows()["train_metrics"] >= 5, 600, "the round's first training steps", every_s=1)
         committed = keys()  # read while the round writes
         round_run.send_signal(signal.SIGKILL)
         assert round_run.wait() == -signal.SIGKILL, "the round finished before it could be killed in training"
@@ -97,7 +100,7 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
 
         while (pair := label_next(client)) is not None:  # the rest of the queue, while no round runs
             labelled.append(pair)
-        round_run = start_round()
+        round_run = start_round(resume_file)
         assert round_run.wait(timeout=900) == 0, (tmp_path / "round.log").read_text()[-3000:]
     finally:
         client.close()
