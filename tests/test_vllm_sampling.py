@@ -87,7 +87,7 @@ def test_adapter_served_per_request_matches_transformers_peft_greedy(vllm_sample
 
 def test_vllm_sampled_logprob_matches_a_transformers_forward(vllm_sampler, smollm2_dir, trained_adapter):
     tokenizer = load_tokenizer(smollm2_dir)
-    params = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=192)
+    params = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=128)
     stopped = 0
     policies = ((None, load_model(smollm2_dir)),
                 (trained_adapter, PeftModel.from_pretrained(load_model(smollm2_dir), trained_adapter)))
