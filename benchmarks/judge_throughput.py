@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
+
 STUB_SERVER = Path(__file__).resolve().parent.parent / "tests" / "openai_stub_server.py"
 
 from constitution.loader import load_constitution  # noqa: E402

@@ -18,9 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-# Run as a file, this script's folder comes first on sys.path and its own name would shadow the
-# `sampling` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
 
 from lm.embedded import embedded_checkpoint  # noqa: E402
 from lm.loading import load_model, load_tokenizer, set_threads  # noqa: E402

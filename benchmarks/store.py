@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a file, this script's folder comes first on sys.path and its own name would shadow the
-# `store` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "tests"))  # pg_cluster and helpers: the throwaway PostgreSQL and the seeded pairs of the tests
 
