@@ -98,7 +98,7 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
             store.finish_round(rnd.round_id, "failed", f"{type(exc).__name__}: {exc}", {})
             raise
         if summary.status == "waiting_for_review":
-            store.set_round_status(rnd.round_id, summary.status, summary.decision, summary.judge_id)
+            store.set_round_status(rnd.round_id, summary.status, summary.decision)
             logger.warning("round %d is waiting for reviews: %s", rnd.round_index, summary.decision)
             return summary
         store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"), summary.judge_id,
@@ -113,6 +113,7 @@ def run_round(ctx: RoundContext) -> RoundSummary:
     refuse_unqualified(config, ctx.constitution, trusted)  # judge.require_qualified: before anything is sampled
     sampled = dispatch(ctx, "sampling")
     judged = dispatch(ctx, "judging")
+    store.set_round_judge(rnd.round_id, judged.judge_id)
     so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judged.judge_id,
                   sampling_backend=sampled.backend, threads=ctx.threads, pairs_judged=judged.pairs_judged,
                   consistent_pairs=judged.consistent_pairs, position_consistency=judged.position_consistency,

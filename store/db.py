@@ -383,9 +383,11 @@ class Store:
 
     def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict, judge_id: str | None = None,
                      candidate_id: str | None = None, train_run_id: str | None = None) -> None:
-        """A round ends (finished or failed): its status, the summary for people, the ids for code."""
-        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ?, judge_id = ?, "
-                    "candidate_id = ?, train_run_id = ? WHERE round_id = ?",
+        """A round ends (finished or failed): its status, the summary for people, the ids for code (an id
+        not given keeps what the round stored on the way, e.g. its judge)."""
+        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ?, "
+                    "judge_id = coalesce(?, judge_id), candidate_id = coalesce(?, candidate_id), "
+                    "train_run_id = coalesce(?, train_run_id) WHERE round_id = ?",
                     [status, reason, json.dumps(summary), utcnow(), judge_id, candidate_id, train_run_id, round_id])
 
     def set_promotion(self, model_id: str, promoted: bool, reason: str) -> None:
@@ -556,9 +558,13 @@ class Store:
         """A reviewer's undo: the one row the product ever removes (it was a human's slip, not data)."""
         self._write("DELETE FROM reviews WHERE review_id = ?", [review_id])
 
-    def set_round_status(self, round_id: str, status: str, reason: str | None, judge_id: str | None = None) -> None:
-        self._write("UPDATE rounds SET status = ?, status_reason = ?, judge_id = coalesce(?, judge_id) WHERE round_id = ?",
-                    [status, reason, judge_id, round_id])
+    def set_round_status(self, round_id: str, status: str, reason: str | None) -> None:
+        self._write("UPDATE rounds SET status = ?, status_reason = ? WHERE round_id = ?", [status, reason, round_id])
+
+    def set_round_judge(self, round_id: str, judge_id: str) -> None:
+        """The judge whose verdicts the round uses, stored as soon as its judging is done, so that status,
+        report and export can read the round's verdicts while it goes on."""
+        self._write("UPDATE rounds SET judge_id = ? WHERE round_id = ?", [judge_id, round_id])
 
     def set_round_config(self, round_id: str, config_json: dict) -> None:
         self._write("UPDATE rounds SET config_json = ? WHERE round_id = ?", [json.dumps(config_json, sort_keys=True), round_id])

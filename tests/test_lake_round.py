@@ -1,7 +1,8 @@
 """Reviews during a round, for real: the round (`rlaif round`) and the review page (`rlaif review
 serve`) are two processes sharing a DuckLake (SQLite catalog: many processes on one machine).
-Labels are stored while the round writes, with no 503; a kill -9 of either process loses nothing
-that was committed; the resumed round's gate sees every review stored meanwhile."""
+Labels are stored while the round writes, with no 503, and status, judge-stats, report and export
+answer; a kill -9 of either process loses nothing that was committed; the resumed round's gate
+sees every review stored meanwhile."""
 
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
     location = StoreLocation(kind="ducklake", catalog=f"sqlite:{tmp_path / 'lake.sqlite'}", data_path=str(tmp_path / "data"))
     config = round_config.model_dump(mode="json") | {
         "store": location.model_dump() | {"artifacts_dir": str(tmp_path / "artifacts")},
-        # long enough training (a stored metrics row per step) to kill the round inside it; the agreement
-        # gate counts from 100 reviewed pairs, so the reviews below never stop training
-        "training": round_config.training.model_dump() | {"epochs": 200},
+        # training far longer than the test waits (a stored metrics row per step): the round is still
+        # writing when the commands below run, and is killed inside training; the agreement gate counts
+        # from 100 reviewed pairs, so the reviews below never stop training
+        "training": round_config.training.model_dump() | {"epochs": 1000},
         "review": round_config.review.model_dump() | {"min_reviewed": 100},
     }
     config_file = tmp_path / "lake.json"
@@ -79,9 +81,16 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
     try:
         wait_for(lambda: "pair_id" in _page(client), 600, "the round's spot-check queue on the review page")
 
-        # one label while the round writes, then kill -9 the page, restart it, and label again
+        # one label while the round writes, and the read-only commands, then kill -9 the page, restart
+        # it, and label again
         labelled.append(label_next(client))
-        assert round_run.poll() is None, "the round ended before a review was stored during it"
+        for command in (["status"], ["judge-stats"], ["report", "1", "--format", "md"],
+                        ["export", str(tmp_path / "during.jsonl"), "--round", "1"]):
+            done = subprocess.run([RLAIF, *command, "--config", str(config_file)], env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        assert (tmp_path / "during.jsonl").exists()  # the judged round's dataset, exported while it trains
+        assert round_run.poll() is None, "the round ended before a review and the commands ran during it"
         page.send_signal(signal.SIGKILL)
         page.wait()
         page = start_page()

@@ -90,8 +90,7 @@ def test_nightly_deployment_runs_suspends_at_the_gate_resumes_and_is_scheduled(r
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "PREFECT_LOGGING_TO_API_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_LOGGING_TO_API_ENABLED": "false",
            "COLUMNS": "200"}
     config = round_config.model_copy(update={"review": round_config.review.model_copy(update={"gate": "wait"})})
     config_file = tmp_path / "nightly.yaml"
