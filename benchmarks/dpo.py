@@ -34,7 +34,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 
 from lm.embedded import cache_root, embedded_checkpoint  # noqa: E402
 from lm.loading import encode_chat, load_model, load_tokenizer, set_threads  # noqa: E402

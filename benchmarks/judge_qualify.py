@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 
 from rich.console import Console  # noqa: E402
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 
-STUB_SERVER = Path(__file__).resolve().parent.parent / "tests" / "openai_stub_server.py"
+STUB_SERVER = REPO / "tests" / "openai_stub_server.py"
 
 from constitution.loader import load_constitution  # noqa: E402
 from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings  # noqa: E402

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 
 from flows.compare import compare_models  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
@@ -29,7 +30,7 @@ from flows.round import RoundSummary  # noqa: E402
 from flows.train import TrainRefused, train_round  # noqa: E402
 from store.db import Store  # noqa: E402
 
-from outcome import REPO, write_config  # benchmarks/outcome.py: the benchmark-size config  # noqa: E402
+from outcome import write_config  # noqa: E402  # benchmarks/outcome.py: the benchmark-size config
 
 # name -> (kind, config overrides). "train": retrain on the default round's pairs; "round": a round of its own.
 LEVERS: dict[str, tuple[str, dict[str, object]]] = {

@@ -18,7 +18,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 
 from lm.embedded import embedded_checkpoint  # noqa: E402
 from lm.loading import load_model, load_tokenizer, set_threads  # noqa: E402
@@ -26,7 +27,6 @@ from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler,
 from sampling.vllm_engine import VLLMEngineSampler, VLLMSettings, running_vllm_engine  # noqa: E402
 from sampling.vllm_server import VLLMServerSampler, running_vllm_server  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply to the customer helpfully and briefly."
 
 

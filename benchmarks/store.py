@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo first: benchmarks/store.py, sampling.py shadow those packages
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 sys.path.append(str(REPO / "tests"))  # pg_cluster and helpers: the throwaway PostgreSQL and the seeded pairs of the tests
 
 import httpx  # noqa: E402

@@ -101,8 +101,8 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
             store.set_round_status(rnd.round_id, summary.status, summary.decision)
             logger.warning("round %d is waiting for reviews: %s", rnd.round_index, summary.decision)
             return summary
-        store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"), summary.judge_id,
-                           summary.candidate_id, summary.train.run_id)
+        store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"), summary.candidate_id,
+                           summary.train.run_id)
         logger.info("round %d finished: %s", rnd.round_index, summary.decision)
         return summary
 

@@ -381,14 +381,13 @@ class Store:
     def _count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
-    def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict, judge_id: str | None = None,
-                     candidate_id: str | None = None, train_run_id: str | None = None) -> None:
-        """A round ends (finished or failed): its status, the summary for people, the ids for code (an id
-        not given keeps what the round stored on the way, e.g. its judge)."""
-        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ?, "
-                    "judge_id = coalesce(?, judge_id), candidate_id = coalesce(?, candidate_id), "
-                    "train_run_id = coalesce(?, train_run_id) WHERE round_id = ?",
-                    [status, reason, json.dumps(summary), utcnow(), judge_id, candidate_id, train_run_id, round_id])
+    def finish_round(self, round_id: str, status: str, reason: str | None, summary: dict, candidate_id: str | None = None,
+                     train_run_id: str | None = None) -> None:
+        """A round ends (finished or failed): its status, the summary for people, the ids for code (its
+        judge's id was stored when judging was done: set_round_judge)."""
+        self._write("UPDATE rounds SET status = ?, status_reason = ?, summary_json = ?, finished_at = ?, candidate_id = ?, "
+                    "train_run_id = ? WHERE round_id = ?",
+                    [status, reason, json.dumps(summary), utcnow(), candidate_id, train_run_id, round_id])
 
     def set_promotion(self, model_id: str, promoted: bool, reason: str) -> None:
         self._write("UPDATE models SET promoted = ?, promotion_reason = ? WHERE model_id = ?", [promoted, reason, model_id])
