@@ -63,7 +63,7 @@ demo: setup
 
 # Lint: ruff over the product code, its tests and benchmarks; mypy over the product code (both
 # configured in pyproject.toml).
-PRODUCT := flows judges constitution training evals sampling store review lm prompts inputs
+PRODUCT := flows judges constitution training evals sampling store review lm prompts inputs stats
 LINTED  := $(PRODUCT) tests benchmarks
 
 lint: setup-test

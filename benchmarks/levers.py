@@ -30,7 +30,7 @@ from flows.round import RoundSummary  # noqa: E402
 from flows.train import TrainRefused, train_round  # noqa: E402
 from store.db import Store  # noqa: E402
 
-from outcome import write_config  # noqa: E402  # benchmarks/outcome.py: the benchmark-size config
+from outcome import result_fields, write_config  # noqa: E402  # benchmarks/outcome.py: the config, the fields
 
 # name -> (kind, config overrides). "train": retrain on the default round's pairs; "round": a round of its own.
 LEVERS: dict[str, tuple[str, dict[str, object]]] = {
@@ -88,7 +88,7 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
         "first_loss": trained["first_loss"], "last_loss": trained["last_loss"],
         "last_reward_accuracy": metrics[-1].reward_accuracy if metrics else None,
         "minutes": {"round_or_train": train_s / 60, "compare": (time.perf_counter() - started) / 60},
-        **outcome.model_dump(),
+        **result_fields(outcome),
     }
 
 
@@ -109,7 +109,8 @@ def main() -> None:
         results[name] = run_lever(out, name, args)
         results_path.write_text(json.dumps(results, indent=1))  # after each lever: a crash keeps what finished
 
-    print("\nlever               | pairs | chosen longer | LC win | raw win (95% CI)  | tokens cand/base | trusted pass cand/base")
+    print("\nlever               | pairs | chosen longer | LC win (95% CI)   | raw win (95% CI)  | decision  | "
+          "tokens cand/base | trusted pass cand/base")
     for name, r in results.items():
         if not r["trained"]:
             print(f"{name:19s} | not trained: {r['reason']}")
@@ -118,8 +119,9 @@ def main() -> None:
         passes = ", ".join(f"{p} {cand['principle_pass'].get(p, float('nan')):.0%}/{base['principle_pass'].get(p, float('nan')):.0%}"
                            for p in r["trusted_principles"])
         longer = "-" if r["chosen_longer_share"] is None else f"{r['chosen_longer_share']:.0%}"
-        print(f"{name:19s} | {r['trained_pairs']:5d} | {longer:>13s} | {r['lc_win_rate']:6.2f} | "
-              f"{r['win_rate']:.2f} ({r['win_rate_low']:.2f}-{r['win_rate_high']:.2f}) | "
+        lc = f"{r['lc_win_rate']:.2f} ({r.get('lc_win_rate_low', float('nan')):.2f}-{r.get('lc_win_rate_high', float('nan')):.2f})"
+        print(f"{name:19s} | {r['trained_pairs']:5d} | {longer:>13s} | {lc:17s} | "
+              f"{r['win_rate']:.2f} ({r['win_rate_low']:.2f}-{r['win_rate_high']:.2f}) | {r.get('decision', '-'):9s} | "
               f"{cand['mean_tokens']:6.1f}/{base['mean_tokens']:6.1f}   | {passes}")
     best = max((r for r in results.values() if r["trained"]), key=lambda r: r["lc_win_rate"], default=None)
     print(f"results: {results_path}; best lever: {best['lever'] if best else '-'}")

@@ -29,6 +29,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from evals.report import render_html  # noqa: E402
 from evals.report_data import build_report  # noqa: E402
+from evals.stage import EvalOutcome  # noqa: E402
 from flows.compare import compare_models  # noqa: E402
 from flows.config import checked_config, load_config  # noqa: E402
 from flows.loop import rlaif_loop  # noqa: E402
@@ -90,8 +91,8 @@ def main() -> None:
     for point, rnd in zip(report.history[-args.rounds:], rounds):
         s = RoundSummary.model_validate(rnd.summary_json)
         mean = sum(point.policy_lengths) / len(point.policy_lengths) if point.policy_lengths else float("nan")
-        lc = "-" if point.lc_win_rate is None else f"{point.lc_win_rate:.2f}"
-        raw = "-" if point.win_rate is None else f"{point.win_rate:.2f} ({point.win_rate_low:.2f}-{point.win_rate_high:.2f})"
+        lc = "-" if point.lc_win_rate is None else f"{point.lc_win_rate.estimate:.2f}"
+        raw = "-" if point.win_rate is None else f"{point.win_rate.estimate:.2f} ({point.win_rate.low:.2f}-{point.win_rate.high:.2f})"
         qualified = s.judge_gate.qualified
         longer = s.train.audit.chosen_longer_share if s.train.audit else None
         print(f"{rnd.round_index:5d} | {rnd.policy_id:17s} | {s.pairs_judged:5d} | {s.consistent_pairs:10d} | "
@@ -100,19 +101,22 @@ def main() -> None:
               f"{'yes' if point.promoted else 'no'}")
         per_round.append({"round": rnd.round_index, "pairs_judged": s.pairs_judged, "consistent_pairs": s.consistent_pairs,
                           "qualified_principles": qualified, "trained_pairs": s.train.n_pairs,
-                          "chosen_longer_share": longer, "lc_win_rate": point.lc_win_rate, "win_rate": point.win_rate,
-                          "win_rate_ci": [point.win_rate_low, point.win_rate_high], "policy_mean_tokens": mean,
-                          "promoted": point.promoted})
+                          "chosen_longer_share": longer, "policy_mean_tokens": mean, "promoted": point.promoted,
+                          **({} if point.lc_win_rate is None or point.win_rate is None else {
+                              "lc_win_rate": point.lc_win_rate.estimate, "lc_win_rate_ci": [point.lc_win_rate.low, point.lc_win_rate.high],
+                              "win_rate": point.win_rate.estimate, "win_rate_ci": [point.win_rate.low, point.win_rate.high],
+                              "samples_per_prompt": point.samples_per_prompt, "decision": point.verdict})})
     last = RoundSummary.model_validate(rounds[-1].summary_json)
     judge_id, trusted = last.judge_id, last.judge_gate.qualified
 
     started = time.perf_counter()
     outcome = compare_models(config, final, base)
-    print(f"\nround {rounds[-1].round_index} policy {final} vs round 0 {base} on {outcome.n} held-out prompts "
-          f"({(time.perf_counter() - started) / 60:.1f} min):")
-    print(f"  win rate {outcome.win_rate:.3f} (95% CI {outcome.win_rate_low:.2f}-{outcome.win_rate_high:.2f}), "
-          f"W/L/T {outcome.wins}/{outcome.losses}/{outcome.ties}; LC win rate {outcome.lc_win_rate:.3f}; "
-          f"judge position consistency {outcome.consistency:.0%}")
+    print(f"\nround {rounds[-1].round_index} policy {final} vs round 0 {base} on {outcome.prompts} held-out prompts x "
+          f"{outcome.samples_per_prompt} samples ({(time.perf_counter() - started) / 60:.1f} min):")
+    print(f"  win rate {outcome.raw.estimate:.3f} (95% CI {outcome.raw.low:.2f}-{outcome.raw.high:.2f}), "
+          f"W/L/T {outcome.wins}/{outcome.losses}/{outcome.ties}; LC win rate {outcome.lc.estimate:.3f} "
+          f"(95% CI {outcome.lc.low:.2f}-{outcome.lc.high:.2f}); judge position consistency {outcome.consistency:.0%}")
+    print(f"  gate: {outcome.decision.reason}")
     print(f"  mean tokens {outcome.candidate.mean_tokens:.1f} vs {outcome.baseline.mean_tokens:.1f} "
           f"({outcome.candidate.mean_tokens / max(outcome.baseline.mean_tokens, 1e-9) - 1:+.0%})")
     for pid, rate in outcome.candidate.principle_pass.items():
@@ -122,10 +126,22 @@ def main() -> None:
     (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60, "set": args.set,
                                                        "final": final, "base": base, "judge": judge_id,
                                                        "trusted_principles": trusted, "per_round": per_round,
-                                                       **outcome.model_dump()}, indent=1))
+                                                       **result_fields(outcome)}, indent=1))
     print(f"report: {args.out / 'report.html'}")
-    print(f"RESULT outcome_lc_win_rate_last_vs_round0 {outcome.lc_win_rate:.3f}")
+    print(f"RESULT outcome_lc_win_rate_last_vs_round0 {outcome.lc.estimate:.3f}")
 
+
+def result_fields(outcome: EvalOutcome) -> dict:
+    """A comparison as the flat fields earlier results files have, plus its size, intervals and decision."""
+    return {"n": outcome.n, "wins": outcome.wins, "losses": outcome.losses, "ties": outcome.ties,
+            "win_rate": outcome.raw.estimate, "win_rate_low": outcome.raw.low, "win_rate_high": outcome.raw.high,
+            "lc_win_rate": outcome.lc.estimate, "lc_win_rate_low": outcome.lc.low, "lc_win_rate_high": outcome.lc.high,
+            "lc_plain": outcome.lc_plain.estimate, "length_coef": outcome.length_coef, "consistency": outcome.consistency,
+            "prompts": outcome.prompts, "samples_per_prompt": outcome.samples_per_prompt,
+            "minimum_detectable": outcome.minimum_detectable, "decision": outcome.decision.verdict,
+            "decision_reason": outcome.decision.reason,
+            "differences": {name: d.model_dump() for name, d in outcome.differences.items()},
+            "candidate": outcome.candidate.model_dump(), "baseline": outcome.baseline.model_dump()}
 
 if __name__ == "__main__":
     main()

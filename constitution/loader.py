@@ -54,6 +54,10 @@ class Check(BaseModel):
                              "figures_from_message or message_terms")
         return self
 
+    def over_word_limit(self, text: str) -> bool | None:
+        """Whether `text` breaks this check's word limit (None: the check has none)."""
+        return None if self.max_words is None else len(text.split()) > self.max_words
+
     def failures(self, text: str, message: str = "") -> list[str]:
         """Reasons `text`, a reply to `message`, fails this check (empty list = pass)."""
         reasons = []
@@ -65,10 +69,8 @@ class Check(BaseModel):
             shared = _content_words(message) & _content_words(text)
             if len(shared) < self.message_terms:
                 reasons.append(f"repeats {len(shared)} of the message's content words (< {self.message_terms})")
-        if self.max_words is not None:
-            words = len(text.split())
-            if words > self.max_words:
-                reasons.append(f"{words} words > {self.max_words}")
+        if self.over_word_limit(text):
+            reasons.append(f"{len(text.split())} words > {self.max_words}")
         for pattern in self.forbidden_patterns:
             match = re.search(pattern, text, flags=re.IGNORECASE)
             if match:

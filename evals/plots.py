@@ -25,23 +25,27 @@ def _value(x: float | None) -> float:
 
 
 def win_rates(history: Sequence[RoundPoint]) -> Figure:
+    """Raw and length-controlled win rates per round with their bootstrap intervals, and the bar the
+    LC interval's lower end must clear."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    rounds = [p.round_index for p in history]
-    raw = [_value(p.win_rate) for p in history]
-    low = [p.win_rate - p.win_rate_low if p.win_rate is not None and p.win_rate_low is not None else 0 for p in history]
-    high = [p.win_rate_high - p.win_rate if p.win_rate is not None and p.win_rate_high is not None else 0 for p in history]
-    ax.errorbar(rounds, raw, yerr=[low, high], marker="o", capsize=4, label="raw win rate (95% Wilson CI)")
-    ax.plot(rounds, [_value(p.lc_win_rate) for p in history], marker="s", label="length-controlled win rate")
+    for offset, name, marker, label in ((-0.08, "win_rate", "o", "raw win rate"),
+                                        (0.08, "lc_win_rate", "s", "length-controlled win rate (the gate's)")):
+        points = [(p.round_index + offset, getattr(p, name)) for p in history if getattr(p, name) is not None]
+        if points:
+            xs, intervals = zip(*points)
+            ax.errorbar(xs, [i.estimate for i in intervals], marker=marker, capsize=4, linestyle="none",
+                        yerr=[[i.estimate - i.low for i in intervals], [i.high - i.estimate for i in intervals]],
+                        label=f"{label}, 95% CI")
     if history and history[-1].promotion_bar is not None:
-        ax.axhline(history[-1].promotion_bar, color="grey", linestyle=":", label="promotion bar (LC)")
+        ax.axhline(history[-1].promotion_bar, color="grey", linestyle=":", label="bar the LC interval must clear")
     ax.axhline(0.5, color="black", linewidth=0.5)
     for p in history:
-        if p.promoted:
-            ax.annotate("promoted", (p.round_index, _value(p.lc_win_rate)), textcoords="offset points", xytext=(0, 8),
+        if p.promoted and p.lc_win_rate is not None:
+            ax.annotate("promoted", (p.round_index, p.lc_win_rate.high), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=8)
     ax.set(title="Candidate vs current policy on held-out prompts", xlabel="round", ylabel="win rate of the candidate",
            ylim=(0, 1))
-    ax.set_xticks(rounds)
+    ax.set_xticks([p.round_index for p in history])
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

@@ -9,6 +9,8 @@ from matplotlib.figure import Figure
 
 from evals import plots
 from evals.report_data import Report
+from evals.stage import EvalOutcome
+from stats.intervals import Interval
 
 
 def figures(report: Report) -> list[tuple[str, Figure | str]]:
@@ -40,24 +42,34 @@ def render_html(report: Report) -> str:
     images = [(caption, base64.b64encode(plots.png(fig)).decode(), None) if isinstance(fig, Figure) else (caption, None, fig)
               for caption, fig in figures(report)]
     env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
-    return env.get_template("report.html").render(r=report, images=images, fmt=_fmt)
+    return env.get_template("report.html").render(r=report, images=images, fmt=_fmt, ci=_ci, diff=_diff,
+                                                  length_control_note=length_control_note)
 
 
 def render_markdown(report: Report) -> str:
     lines = [f"# rlaif round {report.round_index} ({report.status})", "", f"**Decision:** {report.decision}", ""]
     ev = report.eval
     if ev is not None:
-        lines += ["## Candidate vs current policy", "",
+        lines += [f"## Candidate vs current policy ({ev.prompts} held-out prompts x {ev.samples_per_prompt} samples, "
+                  "judged in both orders)", "",
+                  f"**Gate:** {ev.decision.verdict}. {length_control_note(ev)}", "",
                   "| metric | candidate | current policy |", "|---|---|---|",
-                  f"| win rate (95% CI) | {ev.win_rate:.2f} ({ev.win_rate_low:.2f}-{ev.win_rate_high:.2f}), "
-                  f"W/L/T {ev.wins}/{ev.losses}/{ev.ties} of {ev.n} | |",
-                  f"| length-controlled win rate | {ev.lc_win_rate:.2f} (length coef {ev.length_coef:+.2f}) | |",
+                  f"| win rate (95% CI) | {_ci(ev.raw)}, W/L/T {ev.wins}/{ev.losses}/{ev.ties} of {ev.n} pairs | |",
+                  f"| length-controlled win rate, the gate's | {_ci(ev.lc)} | |",
+                  f"| length-controlled, every pair corrected | {_ci(ev.lc_plain)} (length coef {ev.length_coef:+.2f}) | |",
+                  f"| smallest true LC win rate this evaluation promotes (80% power) | {_fmt(ev.minimum_detectable)} | |",
                   f"| mean / median tokens | {ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f} | "
                   f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f} |"]
         for pid, rate in ev.candidate.principle_pass.items():
-            lines.append(f"| pass: {pid} | {rate:.0%} | {_fmt(ev.baseline.principle_pass.get(pid), '.0%')} |")
+            lines.append(f"| pass: {pid}{_diff(ev.differences.get(pid))} | {rate:.0%} | "
+                         f"{_fmt(ev.baseline.principle_pass.get(pid), '.0%')} |")
         for name, rate in ev.candidate.probe_pass.items():
-            lines.append(f"| probe: {name} | {rate:.0%} | {_fmt(ev.baseline.probe_pass.get(name), '.0%')} |")
+            lines.append(f"| probe: {name}{_diff(ev.differences.get(f'probe:{name}'))} | {rate:.0%} | "
+                         f"{_fmt(ev.baseline.probe_pass.get(name), '.0%')} |")
+        if len(ev.looks) > 1:
+            lines += ["", "| look | samples per prompt | pairs | LC win rate (interval) | verdict |", "|---|---|---|---|---|"]
+            lines += [f"| {i} | {look.samples_per_prompt} | {look.pairs} | {_ci(look.lc)} | {look.verdict} |"
+                      for i, look in enumerate(ev.looks, start=1)]
         lines.append("")
     if report.qualification:
         q = report.qualification
@@ -66,11 +78,12 @@ def render_markdown(report: Report) -> str:
         lines += [f"| {pid} | {p.n} | {p.sensitivity:.0%} ({p.sensitivity_low:.0%}-{p.sensitivity_high:.0%}) | "
                   f"{p.flip_rate:.0%} | {p.undecided:.0%} |" for pid, p in q.principles.items()]
         lines += ["", f"position consistency {_fmt(q.position_consistency, '.0%')}; slot bias {_fmt(q.slot_bias, '+.2f')}", ""]
-    lines += ["## Rounds", "", "| round | status | win rate | LC win rate | position consistency | judge-human kappa | "
+    lines += ["## Rounds", "", "| round | status | win rate | LC win rate (95% CI) | position consistency | judge-human kappa | "
               "policy median tokens | promoted |", "|---|---|---|---|---|---|---|---|"]
     for p in report.history:
         median = sorted(p.policy_lengths)[len(p.policy_lengths) // 2] if p.policy_lengths else None
-        lines.append(f"| {p.round_index} | {p.status} | {_fmt(p.win_rate)} | {_fmt(p.lc_win_rate)} | "
+        lc = "-" if p.lc_win_rate is None else f"{p.lc_win_rate.estimate:.2f} ({p.lc_win_rate.low:.2f}-{p.lc_win_rate.high:.2f})"
+        lines.append(f"| {p.round_index} | {p.status} | {_fmt(p.win_rate and p.win_rate.estimate)} | {lc} | "
                      f"{_fmt(p.position_consistency, '.0%')} | {_fmt(p.kappa)} | {_fmt(median, 'd')} | "
                      f"{'yes' if p.promoted else 'no'} |")
     lines += ["", "## Training", "", f"{report.train_reason or 'not trained'}"]
@@ -87,6 +100,22 @@ def render_markdown(report: Report) -> str:
                   f"- chosen: {_one_line(ex.chosen)}", f"- rejected: {_one_line(ex.rejected)}",
                   f"- why: {_one_line(ex.rationale)}", ""]
     return "\n".join(lines) + "\n"
+
+
+def length_control_note(ev: EvalOutcome) -> str:
+    """Which length control the gate used, in one sentence."""
+    if ev.length_decided == 0:
+        return "No word limit of the constitution separates any pair, so every pair is length-controlled."
+    return (f"A word limit of the constitution separates the two replies in {ev.length_decided:.0%} of the pairs: there "
+            "length is a principle, so those pairs count as judged; the other pairs are length-controlled.")
+
+
+def _ci(x: Interval) -> str:
+    return f"{x.estimate:.2f} ({x.confidence:.1%} CI {x.low:.2f}-{x.high:.2f})".replace(".0% CI", "% CI")
+
+
+def _diff(x: Interval | None) -> str:
+    return "" if x is None else f" (difference {x.estimate:+.0%}, CI {x.low:+.0%} to {x.high:+.0%})"
 
 
 def _fmt(value, spec: str = ".2f") -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import judge_stats
+from stats.intervals import Interval
 from store.db import Store, StoreError
 from store.rows import ModelRow, RoundRow, Stage, StepMetrics
 from training.candidate import TrainOutcome
@@ -23,11 +24,13 @@ class RoundPoint(BaseModel):
     round_index: int
     status: str
     promoted: bool
-    promotion_bar: float | None
-    win_rate: float | None
-    win_rate_low: float | None
-    win_rate_high: float | None
-    lc_win_rate: float | None
+    promotion_bar: float | None  # what the LC interval's lower end had to clear (0.5 + eval.margin)
+    win_rate: Interval | None
+    lc_win_rate: Interval | None  # the gate's length-controlled win rate
+    prompts: int | None           # the evaluation's held-out prompts ...
+    samples_per_prompt: int | None  # ... x samples per prompt
+    verdict: str | None           # the gate's: promote | worse | undecided | vetoed
+    minimum_detectable: float | None  # the smallest true LC win rate the evaluation would promote
     position_consistency: float | None
     kappa: float | None
     candidate_pass: dict[str, float]
@@ -96,6 +99,11 @@ def stage_outcome(store: Store, rnd: RoundRow, stage: Stage, model: type[M]) -> 
     return None if row is None else model.model_validate(row.outcome_json)
 
 
+def promotion_bar(eval_config: dict) -> float | None:
+    """The bar of a round's config snapshot (rounds before intervals had a point-estimate bar)."""
+    return 0.5 + eval_config.get("margin", 0.0) if "min_lc_win_rate" not in eval_config else eval_config["min_lc_win_rate"]
+
+
 def round_point(store: Store, rnd: RoundRow) -> RoundPoint:
     ev = stage_outcome(store, rnd, "eval", EvalOutcome)
     overall = next((a for a in store.agreement(rnd.round_id) if a.scope == "overall"), None)
@@ -103,9 +111,10 @@ def round_point(store: Store, rnd: RoundRow) -> RoundPoint:
     verdicts = store.verdicts_of_round(rnd.round_id).get((rnd.judge_id, rnd.constitution_hash)) if rnd.judge_id else None
     return RoundPoint(
         round_index=rnd.round_index, status=rnd.status, promoted=bool(candidate and candidate.promoted),
-        promotion_bar=(rnd.config_json.get("eval") or {}).get("min_lc_win_rate"),
-        win_rate=ev and ev.win_rate, win_rate_low=ev and ev.win_rate_low, win_rate_high=ev and ev.win_rate_high,
-        lc_win_rate=ev and ev.lc_win_rate, position_consistency=judge_stats(verdicts).position_consistency if verdicts else None,
+        promotion_bar=promotion_bar(rnd.config_json.get("eval") or {}),
+        win_rate=ev and ev.raw, lc_win_rate=ev and ev.lc, prompts=ev and ev.prompts,
+        samples_per_prompt=ev and ev.samples_per_prompt, verdict=ev and ev.decision.verdict,
+        minimum_detectable=ev and ev.minimum_detectable, position_consistency=judge_stats(verdicts).position_consistency if verdicts else None,
         kappa=overall.kappa if overall else None,
         candidate_pass=ev.candidate.principle_pass if ev else {}, baseline_pass=ev.baseline.principle_pass if ev else {},
         policy_lengths=[c.completion_tokens for c in store.completions(rnd.round_id, "train")],

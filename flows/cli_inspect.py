@@ -18,6 +18,7 @@ from flows.tables import (
     StatusLine,
     agreement_table,
     counts_table,
+    evaluations_table,
     judge_stats_tables,
     judges_agreement_line,
     qualification_table,
@@ -66,6 +67,8 @@ def status(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION
                                     reviewed=len(reviewed), first_loss=steps[0].loss if steps else None,
                                     last_loss=steps[-1].loss if steps else None))
         console.print(status_table(store.name, lines))
+        if any(line.point.lc_win_rate is not None for line in lines):
+            console.print(evaluations_table([line.point for line in lines]))
         for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
             console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
                           highlight=False, soft_wrap=True)

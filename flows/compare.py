@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from constitution.loader import load_constitution
 from evals.probes import load_probe_set
-from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
+from evals.stage import EvalOutcome, eval_prompts, evaluate, sample_side
 from flows.config import RoundConfig
 from flows.judging import judge_server, trusted_principles
 from flows.policy import model_sampler
@@ -14,12 +14,13 @@ from prompts.loader import load_prompts, select_heldout_prompts
 from sampling.vllm_engine import choose_backend
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
-from store.rows import ModelRow
+from store.rows import CompletionRow, ModelRow
 
 
 def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutcome:
     """A vs B on the config's held-out (and probe) prompts, sampled with the config's sampling
-    backend and judged in both orders by its judge.
+    backend (the same seeds on both sides), judged in both orders by its judge and decided by its
+    eval section's rule, as a round's evaluation would be.
 
     Stored under round id `compare-<hash of the two ids and the seed>`: a rerun samples and judges
     nothing again.
@@ -37,16 +38,19 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
             if model_id not in known:
                 raise StoreError(f"{store.name} has no model {model_id} (see `rlaif status`)")
         backend, _ = choose_backend(config.sampler.backend, config.sampler.vllm)
-        sides = []
-        for model_id in (model_a, model_b):  # one model (or engine) at a time
-            with model_sampler(store, config, model_id, backend, eval_id) as sampler, \
-                    progress_bar(f"sampling {model_id} ({backend})") as progress:
-                sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.policy.system_prompt, params,
-                                         seed, progress))
+
+        def sample_more(first: int, k: int) -> tuple[list[CompletionRow], list[CompletionRow]]:
+            sides = []
+            for model_id in (model_a, model_b):  # one model (or engine) at a time
+                with model_sampler(store, config, model_id, backend, eval_id) as sampler, \
+                        progress_bar(f"sampling {model_id} {first + 1}-{first + k} ({backend})") as progress:
+                    sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.policy.system_prompt, params,
+                                             seed, first, k, progress))
+            return sides[0], sides[1]
+
         with judge_server(config):
             judge = build_judge(config.judge)
             with progress_bar("qualifying the judge") as progress:
                 trusted, _, _ = trusted_principles(store, config, constitution, judge, progress)
-            with progress_bar("judging (both orders)") as progress:
-                return score_head_to_head(store, judge, constitution, eval_id, heldout, probes, sides[0], sides[1], progress,
-                                          uncounted=trusted.uncounted)
+            return evaluate(store, judge, constitution, eval_id, heldout, probes, sample_more, config.eval.settings(),
+                            progress_bar, trusted.uncounted)

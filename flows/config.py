@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evals.stage import EvalSettings
 from inputs.files import format_validation_error, read_yaml_mapping
 from judges.config import JudgeConfig
 from review.agreement import AgreementCheck, check_agreement
@@ -88,11 +89,24 @@ class TrainingConfig(DPOParams, DataPolicy):
         return DataPolicy(**self.model_dump(include=set(DataPolicy.model_fields)))
 
 
-class EvalConfig(_Section):
+class EvalConfig(EvalSettings):
+    """The evaluation and the promotion rule (evals/stage.py, evals/decision.py)."""
+
+    model_config = ConfigDict(extra="forbid")
     max_new_tokens: int = Field(default=96, gt=0)
-    min_lc_win_rate: float = Field(default=0.55, ge=0, le=1,
-                                   description="promote only if the length-controlled win rate is at or above this")
     probes: list[str] = Field(default_factory=list, description="probe sets (bundled:NAME or YAML paths) both models answer")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_point_estimate_bar(cls, data):
+        if isinstance(data, dict) and "min_lc_win_rate" in data:
+            raise ValueError("min_lc_win_rate was replaced by an interval rule: a candidate is promoted when the lower end "
+                             "of its length-controlled win rate's 95% interval clears 0.5 + eval.margin; remove "
+                             "min_lc_win_rate (set eval.margin to ask for more than 0.5)")
+        return data
+
+    def settings(self) -> EvalSettings:
+        return EvalSettings(**self.model_dump(include=set(EvalSettings.model_fields)))
 
 
 class StoreConfig(StoreLocation):

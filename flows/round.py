@@ -131,7 +131,7 @@ def run_round(ctx: RoundContext) -> RoundSummary:
     evaluation = None
     if outcome.candidate_id is not None and not outcome.collapsed:
         evaluation = dispatch(ctx, "eval")
-    promoted, decision = promote(store, config, outcome, evaluation)
+    promoted, decision = promote(store, outcome, evaluation)
 
     return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
                         promoted=promoted, decision=decision)
@@ -217,8 +217,9 @@ def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judg
 
 
 @task(cache_policy=NO_CACHE)
-def promote(store: Store, config: RoundConfig, outcome: TrainOutcome, evaluation: EvalOutcome | None) -> tuple[bool, str]:
-    """Promote the candidate only if its length-controlled win rate over the current policy clears the bar.
+def promote(store: Store, outcome: TrainOutcome, evaluation: EvalOutcome | None) -> tuple[bool, str]:
+    """Promote the candidate only if the evaluation's gate says so: the lower end of its length-controlled
+    win rate's interval clears 0.5 + eval.margin and no executable check vetoes it (evals/decision.py).
 
     The signal-trust gates before it (judge-human agreement, the confound audit, the collapse guard)
     stop a round before there is a candidate to evaluate, or mark it never-promotable.
@@ -227,10 +228,6 @@ def promote(store: Store, config: RoundConfig, outcome: TrainOutcome, evaluation
         return False, f"not promoted: {outcome.reason}"
     if outcome.candidate_id is None or evaluation is None:
         return False, f"no candidate: {outcome.reason}"
-    bar = config.eval.min_lc_win_rate
-    promoted = evaluation.lc_win_rate >= bar
-    decision = (f"{'promoted' if promoted else 'not promoted, the current policy stays'}: length-controlled win rate "
-                f"{evaluation.lc_win_rate:.2f} {'>=' if promoted else '<'} bar {bar:.2f} (raw {evaluation.win_rate:.2f}, "
-                f"95% CI {evaluation.win_rate_low:.2f}-{evaluation.win_rate_high:.2f}, {evaluation.n} held-out prompts)")
-    store.set_promotion(outcome.candidate_id, promoted, decision)
-    return promoted, decision
+    promoted = evaluation.decision.verdict == "promote"
+    store.set_promotion(outcome.candidate_id, promoted, evaluation.decision.reason)
+    return promoted, evaluation.decision.reason

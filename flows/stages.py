@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from constitution.loader import Constitution, load_constitution
-from evals.probes import load_probe_set
-from evals.stage import EvalOutcome, eval_prompts, sample_side, score_head_to_head
+from evals.probes import ProbeSet, load_probe_set
+from evals.stage import EvalOutcome, eval_prompts, evaluate, sample_side
 from flows.config import RoundConfig
 from flows.judging import judge_server, trusted_principles
 from flows.policy import candidate_and_parent_samplers, load_lineage, model_sampler
@@ -175,7 +175,8 @@ def training_stage(ctx: RoundContext) -> TrainOutcome:
 
 
 def eval_stage(ctx: RoundContext) -> EvalOutcome:
-    """The candidate vs the round's policy on the held-out and probe prompts, judged in both orders."""
+    """The candidate vs the round's policy on the held-out and probe prompts: k samples per prompt and
+    side, judged in both orders, decided by the gate (more looks with eval.sequential)."""
     store, config, rnd = ctx.store, ctx.config, ctx.rnd
     trusted, outcome = _needs(ctx, "qualify"), _needs(ctx, "training")
     candidate, tokenizer = ctx.candidate(outcome.candidate_id), ctx.policy()[1]
@@ -183,8 +184,8 @@ def eval_stage(ctx: RoundContext) -> EvalOutcome:
     probes = [load_probe_set(source) for source in config.eval.probes]
     backend, _ = choose_backend(config.sampler.backend, config.sampler.vllm)
     ctx.note("evaluating")
-    sides = sample_eval(store, config, rnd, backend, candidate, tokenizer, outcome, eval_prompts(heldout, probes))
-    return judge_eval(store, rnd, ctx.judge(), ctx.constitution, heldout, probes, sides, trusted)
+    return evaluate_candidate(store, config, rnd, backend, candidate, tokenizer, outcome, ctx.judge(), ctx.constitution,
+                              heldout, probes, trusted)
 
 
 STAGES: dict[str, Callable[[RoundContext], BaseModel]] = {
@@ -366,13 +367,15 @@ def train(store: Store, config: RoundConfig, rnd: RoundRow, policy, tokenizer, d
                                launch)
 
 
-@task(cache_policy=NO_CACHE)
-def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, candidate, tokenizer, outcome: TrainOutcome,
-                prompts: list[Prompt]):
-    """The candidate and the current policy answer the eval prompts with the round's sampling backend:
-    transformers runs the candidate in memory with its adapter on, then off; vLLM serves the
-    policy's weights and the candidate's adapter per request, from one engine."""
-    assert outcome.candidate_id is not None  # only a trained candidate is evaluated
+@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
+def evaluate_candidate(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, candidate, tokenizer,
+                       outcome: TrainOutcome, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
+                       probes: list[ProbeSet], trusted: QualificationGate) -> EvalOutcome:
+    """The candidate and the current policy answer the eval prompts with the round's sampling backend,
+    the same seeds on both sides: transformers runs the candidate in memory with its adapter on, then
+    off; vLLM serves the policy's weights and the candidate's adapter per request, from one engine."""
+    candidate_id = outcome.candidate_id
+    assert candidate_id is not None  # only a trained candidate is evaluated
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
     if backend == "vllm-server" and len(store.model_chain(rnd.policy_id)) > 1:
         get_run_logger().warning("eval sampling with transformers: a vLLM server serves its base plus one adapter, "
@@ -382,19 +385,20 @@ def sample_eval(store: Store, config: RoundConfig, rnd: RoundRow, backend: str, 
     if backend == "transformers":
         samplers = nullcontext((TransformersSampler(candidate, tokenizer), None))
     else:
-        samplers = candidate_and_parent_samplers(store, config, outcome.candidate_id, backend, f"eval-{rnd.round_id}")
-    with samplers as (sampler_a, sampler_b), progress_bar(f"eval: sampling ({backend})") as progress:
-        side_a = sample_side(store, sampler_a, outcome.candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
-                             params, rnd.seed, lambda done, total: progress(done, 2 * total))
-        with candidate.disable_adapter() if sampler_b is None else nullcontext():  # transformers: the same model, adapter off
-            side_b = sample_side(store, sampler_b or sampler_a, rnd.policy_id, rnd.round_id, prompts,
-                                 config.policy.system_prompt, params, rnd.seed, lambda done, total: progress(total + done, 2 * total))
-    return side_a, side_b
+        samplers = candidate_and_parent_samplers(store, config, candidate_id, backend, f"eval-{rnd.round_id}")
+    prompts = eval_prompts(heldout, probes)
+    with samplers as (sampler_a, sampler_b):
+        def sample_more(first: int, k: int) -> tuple[list[CompletionRow], list[CompletionRow]]:
+            with progress_bar(f"eval: sampling {first + 1}-{first + k} ({backend})") as progress:
+                side_a = sample_side(store, sampler_a, candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
+                                     params, rnd.seed, first, k, lambda done, total: progress(done, 2 * total))
+                with candidate.disable_adapter() if sampler_b is None else nullcontext():  # transformers: adapter off
+                    side_b = sample_side(store, sampler_b or sampler_a, rnd.policy_id, rnd.round_id, prompts,
+                                         config.policy.system_prompt, params, rnd.seed, first, k,
+                                         lambda done, total: progress(total + done, 2 * total))
+            return side_a, side_b
 
-
-@task(cache_policy=NO_CACHE, retries=NETWORK_RETRIES, retry_delay_seconds=NETWORK_RETRY_DELAY_S)
-def judge_eval(store: Store, rnd: RoundRow, judge: PairwiseJudge, constitution: Constitution, heldout: list[Prompt],
-               probes, sides, trusted: QualificationGate) -> EvalOutcome:
-    with progress_bar("eval: judging") as progress:
-        return score_head_to_head(store, judge, constitution, rnd.round_id, heldout, probes, sides[0], sides[1], progress,
-                                  uncounted=trusted.uncounted)
+        evaluation = evaluate(store, judge, constitution, rnd.round_id, heldout, probes, sample_more, config.eval.settings(),
+                              progress_bar, trusted.uncounted)
+    get_run_logger().info("evaluation: %s", evaluation.decision.reason)
+    return evaluation

@@ -13,6 +13,7 @@ from evals.report_data import RoundPoint
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import Agreement, JudgeStats
+from stats.intervals import Interval
 from store.rows import AgreementRow
 
 
@@ -22,6 +23,11 @@ def pct(x: float | None) -> str:
 
 def num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def ci(x: Interval | None) -> str:
+    """An estimate with its interval: `0.56 (95% CI 0.41-0.70)`."""
+    return "-" if x is None else f"{x.estimate:.2f} ({x.confidence:.0%} CI {x.low:.2f}-{x.high:.2f})"
 
 
 def qualification_table(result: QualificationResult, trusted: QualificationGate | None = None) -> Table:
@@ -53,10 +59,12 @@ def summary_table(s) -> Table:
     table.add_row("judge-human agreement", "-" if s.agreement is None else s.agreement.reason)
     table.add_row("DPO pairs", str(s.train.n_pairs))
     table.add_row("DPO loss first / last", f"{num(s.train.first_loss)} / {num(s.train.last_loss)}")
-    table.add_row("candidate win rate", "-" if s.eval is None else
-                  f"{s.eval.win_rate:.2f} (95% CI {s.eval.win_rate_low:.2f}-{s.eval.win_rate_high:.2f}, n={s.eval.n}, "
-                  f"W/L/T {s.eval.wins}/{s.eval.losses}/{s.eval.ties})")
-    table.add_row("length-controlled win rate", "-" if s.eval is None else f"{s.eval.lc_win_rate:.2f}")
+    ev = s.eval
+    table.add_row("evaluation", "-" if ev is None else
+                  f"{ev.prompts} held-out prompts x {ev.samples_per_prompt} samples, {ev.n} pairs, W/L/T {ev.wins}/{ev.losses}/{ev.ties}")
+    table.add_row("candidate win rate", "-" if ev is None else ci(ev.raw))
+    table.add_row("length-controlled win rate", "-" if ev is None else
+                  f"{ci(ev.lc)}; detects >= {num(ev.minimum_detectable, 2)}")
     table.add_row("promoted?", "yes" if s.promoted else "no")
     table.add_row("decision", s.decision)
     return table
@@ -84,8 +92,28 @@ def status_table(where: str, lines: Sequence[StatusLine]) -> Table:
         loss = "-" if line.first_loss is None else f"{line.first_loss:.2f}→{line.last_loss:.2f}"
         table.add_row(str(p.round_index), p.status.replace("waiting_for_review", "waiting"), str(line.pairs),
                       pct(p.position_consistency), f"{line.reviewed}/{line.queued}", num(p.kappa, 2), loss,
-                      num(p.lc_win_rate, 2), "yes" if p.promoted else "no")
+                      num(None if p.lc_win_rate is None else p.lc_win_rate.estimate, 2), "yes" if p.promoted else "no")
     return table
+
+
+def evaluations_table(points: Sequence[RoundPoint]) -> Table:
+    """Each round's evaluation: its size, both win rates with their intervals, the smallest true LC win
+    rate it would promote, and the gate's verdict. Fits 80 columns."""
+    table = Table(title="evaluations (95% CI; bootstrap over prompts)", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, collapse_padding=True)
+    for col, justify in (("#", "right"), ("prompts×k", "right"), ("raw win", "left"), ("LC win", "left"),
+                         ("detects", "right"), ("verdict", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for p in points:
+        if p.lc_win_rate is None or p.win_rate is None:
+            continue
+        table.add_row(str(p.round_index), f"{p.prompts}×{p.samples_per_prompt}", _short_ci(p.win_rate), _short_ci(p.lc_win_rate),
+                      "-" if p.minimum_detectable is None else f">={p.minimum_detectable:.2f}", p.verdict or "-")
+    return table
+
+
+def _short_ci(x: Interval) -> str:
+    return f"{x.estimate:.2f} ({x.low:.2f}-{x.high:.2f})"
 
 
 def agreement_table(round_index: int, rows: Sequence[AgreementRow]) -> Table:
@@ -130,17 +158,26 @@ def judges_agreement_line(left: str, right: str, a: Agreement) -> str:
 
 def comparison_table(model_a: str, model_b: str, ev: EvalOutcome) -> Table:
     """`rlaif compare`: A's win rates against B, and both models' lengths and pass rates."""
-    table = Table(title=f"{model_a} (A) vs {model_b} (B) on {ev.n} held-out prompts")
+    table = Table(title=f"{model_a} (A) vs {model_b} (B) on {ev.prompts} held-out prompts x {ev.samples_per_prompt} samples")
     for col in ("metric", "A", "B"):
         table.add_column(col)
-    table.add_row("win rate of A (95% CI)", f"{ev.win_rate:.2f} ({ev.win_rate_low:.2f}-{ev.win_rate_high:.2f}), "
-                  f"W/L/T {ev.wins}/{ev.losses}/{ev.ties}", "")
-    table.add_row("length-controlled win rate of A", f"{ev.lc_win_rate:.2f}", "")
+    table.add_row("win rate of A", f"{ci(ev.raw)}, W/L/T {ev.wins}/{ev.losses}/{ev.ties}", "")
+    table.add_row("length-controlled win rate of A", f"{ci(ev.lc)}; every pair corrected: {ci(ev.lc_plain)}", "")
+    table.add_row("smallest true LC win rate this detects", num(ev.minimum_detectable, 2), "")
+    table.add_row("decision", ev.decision.reason, "")
     table.add_row("judge position consistency", pct(ev.consistency), "")
     table.add_row("mean / median tokens", f"{ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f}",
                   f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f}")
     for pid, rate in ev.candidate.principle_pass.items():
-        table.add_row(f"pass: {pid}", pct(rate), pct(ev.baseline.principle_pass.get(pid)))
+        table.add_row(f"pass: {pid}{difference(ev.differences.get(pid))}", pct(rate), pct(ev.baseline.principle_pass.get(pid)))
     for name, rate in ev.candidate.probe_pass.items():
-        table.add_row(f"probe: {name}", pct(rate), pct(ev.baseline.probe_pass.get(name)))
+        table.add_row(f"probe: {name}{difference(ev.differences.get(f'probe:{name}'))}", pct(rate),
+                      pct(ev.baseline.probe_pass.get(name)))
     return table
+
+
+def difference(diff: Interval | None) -> str:
+    """A paired pass-rate difference A - B with its interval, as a suffix: ` (A-B +25%, CI +5% to +45%)`."""
+    if diff is None:
+        return ""
+    return f" (A-B {diff.estimate:+.0%}, CI {diff.low:+.0%} to {diff.high:+.0%})"

@@ -60,6 +60,9 @@ class LocalLogprobJudge:
         self._cache_kw = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
         letters = ("A", "B") if formulation == "principle_ab" else ("yes", "no")
         self._answer_ids = [self._answer_tokens(letter) for letter in letters]
+        # every request this judge has scored (what the model reads -> its two answer probabilities):
+        # a reply met again in a new pair, or in a later call, is not scored again
+        self._scored: dict[tuple, tuple[float, float]] = {}
 
     # ---- prompts --------------------------------------------------------------------------------
     def _answer_tokens(self, word: str) -> list[int]:
@@ -121,14 +124,21 @@ class LocalLogprobJudge:
         turns = self._examples(constitution, model_principles)
         # One scoring request per (what the model reads); identical requests are scored once.
         requests: dict[tuple, list[int]] = {}
+        needed: set[tuple] = set()
         for pair, order in items:
             for principle in model_principles:
                 for key, user in self._requests(pair, order, principle):
-                    if key not in requests:
+                    key = (constitution.content_hash, *key)  # the worked examples come from the constitution
+                    needed.add(key)
+                    if key not in requests and key not in self._scored:
                         requests[key] = self._chat_ids(turns, user)
         started = time.perf_counter()
         keys = list(requests)
-        probs = dict(zip(keys, self._score([requests[k] for k in keys], self._prefix_ids(turns), progress)))
+        fresh = self._score([requests[k] for k in keys], self._prefix_ids(turns), progress) if keys else []
+        if not keys:
+            progress(1, 1)
+        self._scored.update(zip(keys, fresh))
+        probs = {key[1:]: self._scored[key] for key in needed}
         seconds_per_item = (time.perf_counter() - started) / max(len(items), 1)
         tokens_per_item = sum(len(ids) for ids in requests.values()) // max(len(items), 1)
 

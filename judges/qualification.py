@@ -23,9 +23,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from constitution.loader import Constitution, Principle
-from evals.winrate import wilson_interval
 from judges.pointwise import neutral_endings
 from judges.verdict import OrderJudgment, PairText, combine_orders
+from stats.intervals import wilson_interval
 from store.ids import stable_id
 
 Split = Literal["select", "qualify"]

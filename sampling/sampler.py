@@ -60,15 +60,18 @@ class SampleBatch(BaseModel):
     rows: list[tuple[int, int]]
 
 
-def plan_batches(n_requests: int, params: SamplingParams, seed: int) -> list[SampleBatch]:
-    """Deterministic batches: the same requests, params and seed always give the same plan.
+def plan_batches(n_requests: int, params: SamplingParams, seed: int, first_sample: int = 0) -> list[SampleBatch]:
+    """Deterministic batches of sample indices first_sample .. first_sample + n - 1 of every request:
+    the same requests, params, seed and first sample always give the same plan.
 
     Batched sampling draws from one generator per batch, so a completion's text depends on its
-    batch's seed and composition; both are fixed here, which makes every row reproducible.
+    batch's seed and composition; both are fixed here, which makes every row reproducible. A
+    request's samples are consecutive rows, so a batch asks for a prompt's samples together.
     """
-    rows = [(r, s) for r in range(n_requests) for s in range(params.n)]
+    rows = [(r, s) for r in range(n_requests) for s in range(first_sample, first_sample + params.n)]
+    batch_seeds = ("batch", seed) if first_sample == 0 else ("batch", seed, first_sample)  # later draws: fresh seeds
     return [
-        SampleBatch(seed=stable_int("batch", seed, i), rows=rows[start:start + params.batch_size])
+        SampleBatch(seed=stable_int(*batch_seeds, i), rows=rows[start:start + params.batch_size])
         for i, start in enumerate(range(0, len(rows), params.batch_size))
     ]
 
@@ -161,6 +164,7 @@ def sample(
     seed: int,
     skip_batch: Callable[[SampleBatch], bool] = lambda batch: False,
     on_batch: Callable[[list[SampledCompletion]], None] = lambda done: None,
+    first_sample: int = 0,
 ) -> list[SampledCompletion]:
     """Sample `params.n` completions for every request, batch by batch.
 
@@ -168,7 +172,7 @@ def sample(
     each finished batch (to store it at once and advance a progress bar).
     """
     results: list[SampledCompletion] = []
-    for batch in plan_batches(len(requests), params, seed):
+    for batch in plan_batches(len(requests), params, seed, first_sample):
         if skip_batch(batch):
             continue
         done = sampler.sample_batch(requests, batch, params)

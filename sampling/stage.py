@@ -28,10 +28,12 @@ def sample_for_round(
     seed: int,
     purpose: str,
     progress: Progress = lambda done, total: None,
+    first_sample: int = 0,
 ) -> list[CompletionRow]:
-    """Completions for every prompt (params.n each); batches already stored are not resampled."""
+    """Completions for every prompt (params.n each, sample indices from first_sample on); batches
+    already stored are not resampled."""
     requests = [SampleRequest(key=p.prompt_id, system=system_prompt, user=p.text) for p in prompts]
-    plan = plan_batches(len(requests), params, seed)
+    plan = plan_batches(len(requests), params, seed, first_sample)
 
     def ids_of(batch: SampleBatch) -> list[str]:
         return [completion_id(round_id, requests[r].key, model_id, s, batch.seed, purpose) for r, s in batch.rows]
@@ -49,7 +51,7 @@ def sample_for_round(
         progress(done[0], total)
 
     sample(sampler, requests, params, seed,
-           skip_batch=lambda batch: all(cid in stored for cid in ids_of(batch)), on_batch=store_batch)
+           skip_batch=lambda batch: all(cid in stored for cid in ids_of(batch)), on_batch=store_batch, first_sample=first_sample)
     by_id = store.by_ids(CompletionRow, all_ids)
     return [by_id[cid] for cid in all_ids]
 

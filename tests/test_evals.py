@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from evals.probes import ProbeError, load_probe_set
-from evals.winrate import length_controlled_win_rate, score_of, wilson_interval
+from evals.winrate import length_controlled_win_rate, score_of
+from stats.intervals import wilson_interval
 
 
 def synthetic(n: int, mean_diff: float, quality: float, length_effect: float, seed: int):

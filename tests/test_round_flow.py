@@ -19,20 +19,21 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
     assert summary.round_index == 1 and summary.pairs_judged == 8
     assert summary.train.trained, summary.train.reason
     assert summary.train.first_loss == pytest.approx(0.693147, abs=1e-5)
-    assert summary.eval is not None and summary.eval.n == 3
-    assert summary.promoted  # min_lc_win_rate 0: any candidate wins
+    assert summary.eval is not None and summary.eval.n == 3 * 2  # 3 held-out prompts x 2 samples
+    assert summary.promoted  # margin -0.49: any candidate not clearly worse is promoted
     ev = summary.eval
-    assert ev.win_rate_low <= ev.win_rate <= ev.win_rate_high and 0 < ev.lc_win_rate < 1
+    assert ev.prompts == 3 and ev.samples_per_prompt == 2
+    assert ev.raw.low <= ev.raw.estimate <= ev.raw.high and ev.lc.low <= ev.lc.estimate <= ev.lc.high
     assert ev.candidate.model_id == summary.candidate_id and ev.baseline.model_id == summary.policy_id
     assert "short" in ev.candidate.principle_pass and "short" in ev.baseline.principle_pass
 
     with Store(round_config.store, read_only=True) as store:
         counts = store.count_rows()
         assert counts["prompts"] == 220
-        assert counts["completions"] == 8 * 2 + 3 * 2          # train pairs + (candidate, baseline) per held-out prompt
-        assert counts["pairs"] == 8 + 3
+        assert counts["completions"] == 8 * 2 + 3 * 2 * 2      # train pairs + (candidate, baseline) x 2 per held-out prompt
+        assert counts["pairs"] == 8 + 3 * 2
         assert counts["judgments"] >= 2 * counts["pairs"] - 2   # both orders (identical texts share a cache entry)
-        assert counts["verdicts"] == 11 and counts["review_queue"] >= 1
+        assert counts["verdicts"] == 14 and counts["review_queue"] >= 1
         assert counts["train_runs"] == 1 and counts["train_metrics"] == summary.train.n_pairs // 2 + summary.train.n_pairs % 2
         assert counts["models"] == 2 and counts["evals"] > 0
         (rnd,) = store.rounds()
@@ -47,8 +48,15 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
         eval_completions = store.completions(rnd.round_id, "eval")
         for stats in (ev.candidate, ev.baseline):
             texts = [c.text for c in eval_completions if c.model_id == stats.model_id]
-            assert len(texts) == 3 and stats.principle_pass["short"] == sum(len(t.split()) <= 5 for t in texts) / 3
-        assert {e.metric for e in store.evals(rnd.round_id)} >= {"win_rate", "lc_win_rate", "pass:short:candidate"}
+            assert len(texts) == 6 and stats.principle_pass["short"] == sum(len(t.split()) <= 5 for t in texts) / 6
+        assert ev.differences["short"].estimate == pytest.approx(ev.candidate.principle_pass["short"] - ev.baseline.principle_pass["short"])
+        # common random numbers: sample j of a prompt has the same seed on both sides
+        seeds = {(c.prompt_id, c.sample_index, c.model_id): c.seed for c in eval_completions}
+        assert {(p, s) for p, s, _ in seeds} == {(c.prompt_id, s) for c in eval_completions for s in (0, 1)}
+        for (prompt_id, index, _), seed in seeds.items():
+            assert seed == seeds[(prompt_id, index, ev.baseline.model_id)]
+        assert {e.metric for e in store.evals(rnd.round_id)} >= {"win_rate", "lc_win_rate_low", "pass:short:candidate",
+                                                                 "diff:short", "minimum_detectable"}
 
     again = rlaif_round(config=round_config, round_index=1)
     with Store(round_config.store, read_only=True) as store:
@@ -70,10 +78,11 @@ def test_round_writes_every_stage_and_a_rerun_inserts_nothing(prefect_harness, r
 def test_a_candidate_that_loses_is_not_promoted_and_the_next_round_samples_the_old_policy(prefect_harness, round_config):
     from flows.round import rlaif_round
 
-    config = round_config.model_copy(update={"eval": round_config.eval.model_copy(update={"min_lc_win_rate": 1.0})})
+    config = round_config.model_copy(update={"eval": round_config.eval.model_copy(update={"margin": 0.49})})  # a bar of 0.99
     first = rlaif_round(config=config)
-    assert first.train.trained and first.eval is not None and first.eval.lc_win_rate < 1.0
-    assert not first.promoted and first.decision.startswith("not promoted, the current policy stays: length-controlled")
+    assert first.train.trained and first.eval is not None and first.eval.lc.low < 0.99
+    assert not first.promoted and first.eval.decision.verdict != "promote"
+    assert first.decision.startswith(("undecided, the current policy stays", "not promoted, the candidate is worse"))
     second = rlaif_round(config=config)
     assert second.round_index == 2 and second.policy_id == first.policy_id  # still the base model
     with Store(config.store, read_only=True) as store:
@@ -303,7 +312,7 @@ def test_a_round_trained_on_two_processes_matches_one_process(prefect_harness, r
     two = rlaif_round(config=two_config)
 
     assert two.train.trained and two.candidate_id == one.candidate_id  # same data, same config, same id
-    assert two.eval is not None and two.eval.n == 3 and two.promoted
+    assert two.eval is not None and two.eval.n == 3 * 2 and two.promoted
     assert (ddp_dir / "rlaif-artifacts" / "launch" / "train-round-0001.log").is_file()
     with Store(one_config.store, read_only=True) as store:
         single = store.train_metrics(one.train.run_id)
@@ -344,24 +353,28 @@ def test_a_constitution_changed_mid_round_is_refused_and_nothing_is_written(pref
         assert store.primary_keys() == before and store.rounds()[0].status == "waiting_for_review"
 
 
-def test_promotion_is_decided_at_the_bar_and_never_for_a_collapsed_candidate(round_config):
-    """The gate itself, at the bar: promoted when the LC win rate reaches it, not a hair below; a
-    collapsed candidate never, whatever the bar."""
+def test_promotion_follows_the_gate_and_never_a_collapsed_candidate(round_config):
+    """The round promotes exactly when the evaluation's gate says promote, with its reason; a collapsed
+    candidate never, whatever the evaluation says."""
+    from evals.decision import Decision
     from evals.stage import EvalOutcome, ModelStats
     from flows.round import promote
+    from stats.intervals import Interval
     from training.candidate import TrainOutcome
 
     stats = ModelStats(model_id="m", mean_tokens=10, median_tokens=10, principle_pass={})
-    evaluation = EvalOutcome(n=20, wins=12, losses=8, ties=0, win_rate=0.6, win_rate_low=0.39, win_rate_high=0.78,
-                             lc_win_rate=0.57, length_coef=0.0, consistency=1.0, candidate=stats, baseline=stats)
+    rate = Interval(estimate=0.6, low=0.52, high=0.7)
     trained = TrainOutcome(trained=True, reason="trained", candidate_id="cand")
     with Store(round_config.store) as store:
         store.append([ModelRow(model_id="cand", parent_id=None, kind="adapter", path="a", created_round=1, promoted=False)])
-        for bar, expected in ((0.57, True), (0.571, False), (0.2, True), (0.9, False)):
-            config = round_config.model_copy(update={"eval": round_config.eval.model_copy(update={"min_lc_win_rate": bar})})
-            promoted, decision = promote.fn(store, config, trained, evaluation)
-            assert promoted is expected and store.by_ids(ModelRow, ["cand"])["cand"].promoted is expected, bar
-            assert decision == store.by_ids(ModelRow, ["cand"])["cand"].promotion_reason
+        for verdict in ("promote", "undecided", "worse", "vetoed", "promote"):
+            evaluation = EvalOutcome(prompts=8, samples_per_prompt=4, n=32, wins=20, losses=12, ties=0, raw=rate, lc=rate,
+                                     lc_plain=rate, length_coef=0.0, length_decided=0.0, consistency=1.0,
+                                     decision=Decision(verdict=verdict, reason=f"because {verdict}"), candidate=stats, baseline=stats)
+            promoted, decision = promote.fn(store, trained, evaluation)
+            assert promoted is (verdict == "promote") and decision == f"because {verdict}"
+            assert store.by_ids(ModelRow, ["cand"])["cand"].promoted is promoted
+            assert store.by_ids(ModelRow, ["cand"])["cand"].promotion_reason == decision
         collapsed = trained.model_copy(update={"collapsed": True, "reason": "collapse"})
-        promoted, decision = promote.fn(store, round_config, collapsed, evaluation)  # the fixture's bar is 0
+        promoted, decision = promote.fn(store, collapsed, evaluation)  # the last evaluation says promote
         assert not promoted and decision == "not promoted: collapse"
