@@ -7,8 +7,9 @@ their token ids, finish reason and the summed log-probability of the sampled tok
 Every backend samples the same plan: `plan_batches` cuts the (request, sample index) rows into
 batches, each with a seed derived from the round's seed. A backend only implements
 `sample_batch`; `sample` walks the plan. The stored seed of a completion is its batch's seed:
-transformers draws the whole batch from one generator seeded with it, vLLM seeds each sequence
-with `sequence_seed(batch seed, prompt key, sample index)`.
+transformers draws the whole batch from one generator seeded with it; vLLM gets one request per
+prompt with all of its samples in the batch (n = k) and the seed `sequence_seed(batch seed, prompt
+key, first sample index)`, and seeds sample j of that request with seed + j.
 """
 
 from __future__ import annotations
@@ -77,8 +78,30 @@ def plan_batches(n_requests: int, params: SamplingParams, seed: int, first_sampl
 
 
 def sequence_seed(batch_seed: int, key: str, sample_index: int) -> int:
-    """The seed of one sequence for backends that seed per request (vLLM): fixed by the plan."""
+    """The seed of one request for backends that seed per request (vLLM): fixed by the plan."""
     return stable_int("sequence", batch_seed, key, sample_index) % 2**31
+
+
+class PromptRequest(BaseModel):
+    """One request of a batch to a backend that takes n samples per request (vLLM): the batch's
+    consecutive rows of one prompt. vLLM seeds sample j of a request with `seed + j`."""
+
+    request: int  # index into the requests
+    first_sample: int
+    n: int
+    seed: int
+
+
+def prompt_requests(requests: Sequence[SampleRequest], batch: SampleBatch) -> list[PromptRequest]:
+    """The batch's rows grouped into one request per prompt, all of its samples in the batch at once (n = k)."""
+    grouped: list[PromptRequest] = []
+    for r, s in batch.rows:
+        last = grouped[-1] if grouped else None
+        if last is not None and last.request == r and last.first_sample + last.n == s:
+            grouped[-1] = last.model_copy(update={"n": last.n + 1})
+        else:
+            grouped.append(PromptRequest(request=r, first_sample=s, n=1, seed=sequence_seed(batch.seed, requests[r].key, s)))
+    return grouped
 
 
 class Sampler(Protocol):

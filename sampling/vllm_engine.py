@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedTokenizerBase
 
 from lm.loading import decode_text, encode_chat
-from sampling.sampler import SampleBatch, SampledCompletion, SampleRequest, SamplingParams, sequence_seed
+from sampling.sampler import SampleBatch, SampledCompletion, SampleRequest, SamplingParams, prompt_requests
 from store.ids import stable_int
 
 WORKER_SCRIPT = Path(__file__).with_name("vllm_worker.py")
@@ -152,10 +152,11 @@ class VLLMEngine:
             raise self._failure(f"exited with {self.process.wait()}")
         return json.loads(line)
 
-    def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
+    def generate(self, prompts: list[list[int]], seeds: list[int], n: list[int], params: SamplingParams,
                  lora: dict | None) -> list[dict]:
+        """n[i] samples of prompts[i], seeded seeds[i] (+ j for sample j); every prompt's samples in order, flat."""
         assert self.process.stdin is not None
-        job = {"prompts": prompts, "seeds": seeds, "max_tokens": params.max_new_tokens,
+        job = {"prompts": prompts, "seeds": seeds, "n": n, "max_tokens": params.max_new_tokens,
                "temperature": params.temperature, "top_p": params.top_p, "lora": lora}
         self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
@@ -199,11 +200,11 @@ class VLLMEngineSampler:
 
     def sample_batch(self, requests: Sequence[SampleRequest], batch: SampleBatch,
                      params: SamplingParams) -> list[SampledCompletion]:
-        prompts = [encode_chat(self.tokenizer, requests[r].system, requests[r].user) for r, _ in batch.rows]
-        seeds = [sequence_seed(batch.seed, requests[r].key, s) for r, s in batch.rows]
-        outputs = self.engine.generate(prompts, seeds, params, self.lora)
+        grouped = prompt_requests(requests, batch)  # one request per prompt, n = its samples in this batch
+        prompts = [encode_chat(self.tokenizer, requests[g.request].system, requests[g.request].user) for g in grouped]
+        outputs = iter(self.engine.generate(prompts, [g.seed for g in grouped], [g.n for g in grouped], params, self.lora))
         return [
-            completion_from_vllm(self.tokenizer, requests[r], s, batch.seed, len(prompt), out["token_ids"],
-                                 out["logprobs"], out["finish_reason"])
-            for (r, s), prompt, out in zip(batch.rows, prompts, outputs)
+            completion_from_vllm(self.tokenizer, requests[g.request], g.first_sample + j, batch.seed, len(prompt),
+                                 out["token_ids"], out["logprobs"], out["finish_reason"])
+            for g, prompt in zip(grouped, prompts) for j, out in zip(range(g.n), outputs)
         ]

@@ -4,8 +4,8 @@ The prompt is sent as token ids (our chat template, so both backends condition o
 tokens), and vLLM returns the sampled token ids (`return_tokens_as_token_ids`) with their
 log-probabilities under the raw policy distribution. LoRA adapters are served per request: an
 adapter is loaded once by name (`/v1/load_lora_adapter`) and named as the request's model; nothing
-is merged or reloaded. Each sequence is its own request with its own seed, so a completion does not
-depend on what else is in flight.
+is merged or reloaded. Each prompt of a batch is one request for all of its samples (n = k) with
+its own seed, so a completion does not depend on what else is in flight.
 
 `running_vllm_server` starts such a server (from `.venv-vllm` here, see README) with the same
 engine arguments as the offline engine; with `enable_lora` it allows adapters to be loaded at runtime.
@@ -25,7 +25,7 @@ import httpx
 from transformers import PreTrainedTokenizerBase
 
 from lm.loading import encode_chat
-from sampling.sampler import SampleBatch, SampledCompletion, SampleRequest, SamplingParams, sequence_seed
+from sampling.sampler import PromptRequest, SampleBatch, SampledCompletion, SampleRequest, SamplingParams, prompt_requests
 from sampling.vllm_engine import VLLMSettings, completion_from_vllm
 
 
@@ -100,20 +100,22 @@ class VLLMServerSampler:
     async def _sample_rows(self, requests, batch: SampleBatch, params: SamplingParams) -> list[SampledCompletion]:
         gate = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s) as client:
-            async def one(r: int, s: int) -> SampledCompletion:
-                request = requests[r]
+            async def one(group: PromptRequest) -> list[SampledCompletion]:
+                request = requests[group.request]
                 prompt_ids = encode_chat(self.tokenizer, request.system, request.user)
                 body = {
-                    "model": self.model, "prompt": prompt_ids, "n": 1, "max_tokens": params.max_new_tokens,
+                    "model": self.model, "prompt": prompt_ids, "n": group.n, "max_tokens": params.max_new_tokens,
                     "temperature": params.temperature, "top_p": params.top_p if params.temperature > 0 else 1.0,
-                    "seed": sequence_seed(batch.seed, request.key, s), "logprobs": 0, "return_tokens_as_token_ids": True,
+                    "seed": group.seed, "logprobs": 0, "return_tokens_as_token_ids": True,
                 }
                 async with gate:
                     response = await client.post("/v1/completions", json=body)
                 response.raise_for_status()
-                choice = response.json()["choices"][0]
-                token_ids = [int(t.removeprefix("token_id:")) for t in choice["logprobs"]["tokens"]]
-                return completion_from_vllm(self.tokenizer, request, s, batch.seed, len(prompt_ids), token_ids,
-                                            choice["logprobs"]["token_logprobs"], choice["finish_reason"])
+                choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+                return [completion_from_vllm(self.tokenizer, request, group.first_sample + j, batch.seed, len(prompt_ids),
+                                             [int(t.removeprefix("token_id:")) for t in choice["logprobs"]["tokens"]],
+                                             choice["logprobs"]["token_logprobs"], choice["finish_reason"])
+                        for j, choice in enumerate(choices)]
 
-            return list(await asyncio.gather(*(one(r, s) for r, s in batch.rows)))
+            done = await asyncio.gather(*(one(group) for group in prompt_requests(requests, batch)))
+            return [completion for group in done for completion in group]

@@ -5,13 +5,14 @@ this project: stdlib and vllm only. Protocol, one JSON object per line:
 
     argv[1]            the `LLM(...)` keyword arguments
     worker -> parent   {"ready": true, "vllm": "<version>"}   once the engine is up
-    parent -> worker   {"prompts": [[token ids]...], "seeds": [...], "max_tokens": int,
+    parent -> worker   {"prompts": [[token ids]...], "seeds": [...], "n": [...], "max_tokens": int,
                         "temperature": float, "top_p": float, "lora": null | {"name", "id", "path"}}
     worker -> parent   {"outputs": [{"token_ids": [...], "logprobs": [...], "finish_reason": ...}]}
                        or {"error": "..."}
 
-Each prompt is one sequence with its own seed. vLLM logs to stdout, so the protocol gets a private
-copy of the stdout pipe and fd 1 is pointed at stderr before vLLM is imported.
+Each prompt is one request for n samples with its own seed (vLLM seeds sample j with seed + j);
+the outputs are every request's samples in order, flat. vLLM logs to stdout, so the protocol gets a
+private copy of the stdout pipe and fd 1 is pointed at stderr before vLLM is imported.
 """
 
 import json
@@ -42,20 +43,20 @@ def main() -> None:
         try:
             job = json.loads(line)
             params = [
-                SamplingParams(n=1, seed=seed, max_tokens=job["max_tokens"], temperature=job["temperature"],
+                SamplingParams(n=n, seed=seed, max_tokens=job["max_tokens"], temperature=job["temperature"],
                                top_p=job["top_p"] if job["temperature"] > 0 else 1.0, logprobs=0, detokenize=False)
-                for seed in job["seeds"]
+                for seed, n in zip(job["seeds"], job["n"])
             ]
             lora = LoRARequest(job["lora"]["name"], job["lora"]["id"], job["lora"]["path"]) if job["lora"] else None
             results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in job["prompts"]], params,
                                    lora_request=lora, use_tqdm=False)
             outputs = []
             for result in results:
-                sequence = result.outputs[0]
-                token_ids = list(sequence.token_ids)
-                # logprobs=0: each position holds the sampled token's log-prob (raw, before temperature)
-                logprobs = [position[token].logprob for position, token in zip(sequence.logprobs, token_ids)]
-                outputs.append({"token_ids": token_ids, "logprobs": logprobs, "finish_reason": sequence.finish_reason})
+                for sequence in sorted(result.outputs, key=lambda out: out.index):
+                    token_ids = list(sequence.token_ids)
+                    # logprobs=0: each position holds the sampled token's log-prob (raw, before temperature)
+                    logprobs = [position[token].logprob for position, token in zip(sequence.logprobs, token_ids)]
+                    outputs.append({"token_ids": token_ids, "logprobs": logprobs, "finish_reason": sequence.finish_reason})
             reply({"outputs": outputs})
         except Exception:
             reply({"error": traceback.format_exc()})

@@ -10,7 +10,7 @@ import torch
 from lm.loading import encode_chat, load_model, load_tokenizer
 from lm.logprobs import collate, sequence_logps
 from prompts.loader import Prompt
-from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
+from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, plan_batches, prompt_requests, sample, sequence_seed
 from sampling.stage import pair_samples, sample_for_round, select_max_min
 from sampling.vllm_engine import VLLMSettings, choose_backend
 from store.db import Store
@@ -120,3 +120,16 @@ def test_engine_settings_on_this_cpu_are_the_ones_that_work():
     if not torch.cuda.is_available():
         assert kwargs["dtype"] == "float32" and kwargs["enforce_eager"] and "tensor_parallel_size" not in kwargs
     assert kwargs["enable_lora"] and kwargs["max_lora_rank"] == 16 and kwargs["model"] == "/m"
+
+
+def test_vllm_gets_one_request_per_prompt_with_all_its_samples_in_the_batch():
+    """n = k: a batch's consecutive rows of one prompt become one request; a prompt split across two
+    batches is two requests, each seeded from its first sample; both sides of an evaluation plan alike."""
+    requests = [SampleRequest(key=f"p{i}", system="s", user=f"u{i}") for i in range(3)]
+    plan = plan_batches(3, SamplingParams(n=4, batch_size=6), seed=1, first_sample=4)
+    grouped = [prompt_requests(requests, batch) for batch in plan]
+    assert [[(g.request, g.first_sample, g.n) for g in batch] for batch in grouped] == [
+        [(0, 4, 4), (1, 4, 2)], [(1, 6, 2), (2, 4, 4)]]
+    assert grouped[0][0].seed == sequence_seed(plan[0].seed, "p0", 4)
+    assert plan == plan_batches(3, SamplingParams(n=4, batch_size=6), seed=1, first_sample=4)  # the other side's plan
+    assert plan[0].seed != plan_batches(3, SamplingParams(n=4, batch_size=6), seed=1)[0].seed  # a later draw: fresh seeds
