@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling
 from constitution.loader import load_constitution  # noqa: E402
 from evals.stage import EvalOutcome, EvalSettings, sample_side, score_head_to_head  # noqa: E402
 from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import trusted_principles  # noqa: E402
+from flows.judging import taught_judge, trusted_principles  # noqa: E402
 from flows.loop import rlaif_loop  # noqa: E402
 from flows.policy import model_sampler  # noqa: E402
 from judges.config import build_judge  # noqa: E402
@@ -119,8 +119,9 @@ def main() -> None:
     seed = stable_int("decision-seed", config.seed) % 2**31
     with Store(config.store) as store:
         answers, sampling_s = sample_pool(store, config, backend, (candidate, parent), eval_id, heldout, args.pool, seed)
-        judge = build_judge(config.judge)
-        gate, _, _ = trusted_principles(store, config, constitution, judge)
+        base = build_judge(config.judge)
+        gate, _, _ = trusted_principles(store, config, constitution, base)
+        judge = taught_judge(base, gate.taught)
 
         def judged(name: str, side_a: list[CompletionRow], side_b: list[CompletionRow], k: int) -> tuple[EvalOutcome, float]:
             begun = time.perf_counter()

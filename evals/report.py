@@ -43,7 +43,7 @@ def render_html(report: Report) -> str:
               for caption, fig in figures(report)]
     env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
     return env.get_template("report.html").render(r=report, images=images, fmt=_fmt, ci=_ci, diff=_diff,
-                                                  length_control_note=length_control_note)
+                                                  length_control_note=length_control_note, trust_note=trust_note)
 
 
 def render_markdown(report: Report) -> str:
@@ -61,7 +61,7 @@ def render_markdown(report: Report) -> str:
                   f"| mean / median tokens | {ev.candidate.mean_tokens:.1f} / {ev.candidate.median_tokens:.0f} | "
                   f"{ev.baseline.mean_tokens:.1f} / {ev.baseline.median_tokens:.0f} |"]
         for pid, rate in ev.candidate.principle_pass.items():
-            lines.append(f"| pass: {pid}{_diff(ev.differences.get(pid))} | {rate:.0%} | "
+            lines.append(f"| pass: {pid}{trust_note(report, pid)}{_diff(ev.differences.get(pid))} | {rate:.0%} | "
                          f"{_fmt(ev.baseline.principle_pass.get(pid), '.0%')} |")
         for name, rate in ev.candidate.probe_pass.items():
             lines.append(f"| probe: {name}{_diff(ev.differences.get(f'probe:{name}'))} | {rate:.0%} | "
@@ -70,6 +70,19 @@ def render_markdown(report: Report) -> str:
             lines += ["", "| look | samples per prompt | pairs | LC win rate (interval) | verdict |", "|---|---|---|---|---|"]
             lines += [f"| {i} | {look.samples_per_prompt} | {look.pairs} | {_ci(look.lc)} | {look.verdict} |"
                       for i, look in enumerate(ev.looks, start=1)]
+        lines.append("")
+    if report.people:
+        lines += ["## The judge against people", "",
+                  "Per principle, on real pairs people labelled (gold sets' measuring parts, spot-checks, imported labels): "
+                  "how often the judge's vote equals people's label, Cohen's kappa with its 95% interval, how often it "
+                  "picks the reply people picked where they saw a difference (TPR), and how often it picks one where "
+                  "they saw none (FPR).", "",
+                  "| principle | n | accuracy | kappa (95% CI) | TPR | FPR | counts? |", "|---|---|---|---|---|---|---|"]
+        for pid, a in sorted(report.people.items()):
+            counts = "-" if report.judge_gate is None else ("yes" if pid in report.judge_gate.qualified else "no")
+            lines.append(f"| {pid} | {a.n} | {_fmt(a.accuracy, '.0%')} | {_fmt(a.kappa, '+.2f')} ({_fmt(a.kappa_low, '+.2f')} to "
+                         f"{_fmt(a.kappa_high, '+.2f')}) | {_fmt(a.true_positive_rate, '.0%')} | "
+                         f"{_fmt(a.false_positive_rate, '.0%')} | {counts} |")
         lines.append("")
     if report.qualification:
         q = report.qualification
@@ -100,6 +113,19 @@ def render_markdown(report: Report) -> str:
                   f"- chosen: {_one_line(ex.chosen)}", f"- rejected: {_one_line(ex.rejected)}",
                   f"- why: {_one_line(ex.rationale)}", ""]
     return "\n".join(lines) + "\n"
+
+
+def trust_note(report: Report, principle: str) -> str:
+    """How far a judged principle's numbers can be trusted, as a suffix: not counted, or not yet
+    checked against people (an executable check needs no note)."""
+    gate = report.judge_gate
+    if gate is None:
+        return ""
+    if principle in gate.unqualified:
+        return " (judged, not counted)"
+    if principle in gate.unchecked:
+        return " (judged, not yet checked against people)"
+    return ""
 
 
 def length_control_note(ev: EvalOutcome) -> str:

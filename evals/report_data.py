@@ -9,6 +9,9 @@ from pydantic import BaseModel
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import judge_stats
+from review.agreement import agreement_with_people
+from review.gold import teaching_pairs
+from stats.agreement import LabelAgreement
 from stats.intervals import Interval
 from store.db import Store, StoreError
 from store.rows import ModelRow, RoundRow, Stage, StepMetrics
@@ -57,6 +60,7 @@ class Report(BaseModel):
     judge_id: str | None
     qualification: QualificationResult | None  # the judge's newest stored qualification for this constitution
     judge_gate: QualificationGate | None       # which model-judged principles this round counted
+    people: dict[str, LabelAgreement] = {}     # the judge against people per principle, on labelled real pairs
     train_reason: str | None
     audit: dict | None           # the confound audit of the trustworthy pairs (training/audit.py)
     eval: EvalOutcome | None
@@ -78,11 +82,15 @@ def build_report(store: Store, round_index: int, max_examples: int = 8) -> Repor
     steps = store.train_metrics(rnd.train_run_id) if rnd.train_run_id else []
     qualification = next((q for q in store.qualifications()
                           if q.judge_id == judge_id and q.constitution_hash == rnd.constitution_hash), None)
+    judge_gate = stage_outcome(store, rnd, "qualify", QualificationGate)
+    taught = {t.pair_id for t in judge_gate.taught} if judge_gate else set()
+    people = agreement_with_people(store, judge_id, rnd.constitution_hash, exclude=teaching_pairs(store) | taught) \
+        if judge_id else {}
     return Report(
         round_index=rnd.round_index, round_id=rnd.round_id, status=rnd.status, decision=rnd.status_reason or rnd.status,
         policy_id=rnd.policy_id, candidate_id=rnd.candidate_id, judge_id=judge_id,
         qualification=QualificationResult.model_validate(qualification.result_json) if qualification else None,
-        judge_gate=stage_outcome(store, rnd, "qualify", QualificationGate),
+        judge_gate=judge_gate, people=people,
         train_reason=train.reason if train else None, audit=train.audit.model_dump() if train and train.audit else None,
         eval=stage_outcome(store, rnd, "eval", EvalOutcome),
         history=[round_point(store, r) for r in store.rounds() if r.round_index <= round_index],

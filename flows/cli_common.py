@@ -24,6 +24,7 @@ from flows.config import ConfigError, load_config
 from flows.judging import JudgeNotQualified
 from judges.server import JudgeServerError
 from prompts.loader import PromptError
+from review.imports import LabelFileError
 from review.session import ReviewError
 from store.db import Store, StoreError
 from store.location import LAKE_PREFIX, StoreLocation, parse_location
@@ -49,7 +50,7 @@ def guard(fn: F) -> F:
     def command(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, FileNotFoundError) as exc:
+        except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, LabelFileError, FileNotFoundError) as exc:
             fail(str(exc), 2)
         except (StoreError, JudgeNotQualified, JudgeServerError) as exc:
             fail(str(exc), 1)

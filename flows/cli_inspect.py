@@ -17,10 +17,12 @@ from flows.config import ConfigError
 from flows.tables import (
     StatusLine,
     agreement_table,
+    co_decision_table,
     counts_table,
     evaluations_table,
     judge_stats_tables,
     judges_agreement_line,
+    people_table,
     qualification_table,
     status_table,
 )
@@ -36,6 +38,8 @@ def print_qualifications(rows: list[JudgeQualificationRow]) -> None:
 
 
 def print_judge_stats(store: Store, rnd: RoundRow) -> None:
+    from evals.report_data import stage_outcome
+    from judges.qualification import QualificationGate
     from judges.stats import agreement, judge_stats
 
     grouped = store.verdicts_of_round(rnd.round_id)
@@ -44,12 +48,34 @@ def print_judge_stats(store: Store, rnd: RoundRow) -> None:
         return
     judges = {judge_id for judge_id, _ in grouped}
     print_qualifications([q for q in store.qualifications() if q.judge_id in judges])
+    gate = stage_outcome(store, rnd, "qualify", QualificationGate)
+    for judge_id, constitution_hash in grouped:
+        print_people_agreement(store, judge_id, constitution_hash, gate if judge_id == rnd.judge_id else None)
     for table in judge_stats_tables(rnd.round_index, {key: judge_stats(rows) for key, rows in grouped.items()}):
         console.print(table)
     keys = list(grouped)
     for i, left in enumerate(keys):
         for right in keys[i + 1:]:
             console.print(judges_agreement_line(left[0], right[0], agreement(grouped[left], grouped[right])))
+
+
+def print_people_agreement(store: Store, judge_id: str, constitution_hash: str, trusted=None) -> None:
+    """The judge against people on every labelled pair it judged (the pairs it was taught with left out:
+    gold sets' teaching parts, and the spot-checks `trusted.taught` names)."""
+    from judges.stats import co_decisions
+    from review.agreement import agreement_with_people, labels_side_by_side
+    from review.gold import teaching_pairs
+
+    teaching = teaching_pairs(store) | {t.pair_id for t in (trusted.taught if trusted else [])}
+    people = agreement_with_people(store, judge_id, constitution_hash, exclude=teaching)
+    if not people:
+        console.print(f"{judge_id}: no pair labelled per principle by people has been judged by it: its agreement with "
+                      "people is unknown (see `rlaif review import` and review.gold)", highlight=False, soft_wrap=True)
+        return
+    console.print(people_table(judge_id, people, trusted))
+    judge_votes, people_labels = labels_side_by_side(store, judge_id, constitution_hash, exclude=teaching)
+    principles = sorted(people)
+    console.print(co_decision_table(co_decisions(judge_votes, principles), co_decisions(people_labels, principles)))
 
 
 @guard

@@ -30,7 +30,7 @@ def judge(
     if config is None:
         raise ConfigError("rlaif judge needs --config (or a subcommand: rlaif judge qualify --config C)")
     from constitution.loader import load_constitution
-    from flows.judging import judge_server, trusted_principles
+    from flows.judging import judge_server, taught_judge, trusted_principles
     from flows.progress import progress_bar
     from judges.config import build_judge
     from judges.stage import judge_pairs
@@ -41,10 +41,10 @@ def judge(
         rnd = round_or_latest(store, round_index)
         pairs = store.pairs(rnd.round_id, "train")
         judge_ = build_judge(cfg.judge)
-        with progress_bar("qualifying the judge") as progress:
+        with progress_bar("measuring the judge") as progress:
             trusted, _, _ = trusted_principles(store, cfg, constitution, judge_, progress)
         with progress_bar("judging (both orders)") as progress:
-            judge_pairs(store, judge_, constitution, pairs, progress, trusted.uncounted)
+            judge_pairs(store, taught_judge(judge_, trusted.taught), constitution, pairs, progress, trusted.uncounted)
         print_judge_stats(store, rnd)
 
 
@@ -66,9 +66,11 @@ def judge_qualify(
     config: Path = typer.Option(..., "--config", "-c", help="config whose judge, constitution and prompts to use"),
     db: Optional[str] = DB_OPTION,
 ) -> None:
-    """Can the config's judge see each principle? Measured on held-out violations, stored, and shown."""
+    """Can the config's judge see each principle? Measured against people on labelled real pairs (gold
+    sets, reviews) and on held-out violations; stored, and shown."""
     from constitution.loader import load_constitution
-    from flows.judging import judge_gate, judge_server, qualification_for
+    from flows.cli_inspect import print_people_agreement
+    from flows.judging import judge_server, qualification_for, taught_judge, trusted_principles
     from flows.progress import progress_bar
     from flows.tables import qualification_table
     from judges.config import build_judge
@@ -76,10 +78,13 @@ def judge_qualify(
     cfg = checked_config(load_config(config), db)
     constitution = load_constitution(cfg.constitution)
     with Store(cfg.store) as store, judge_server(cfg):
-        judge_ = build_judge(cfg.judge)
-        with progress_bar("qualifying the judge") as progress:
-            result, measured = qualification_for(store, cfg, constitution, judge_, "qualify", progress)
-    trusted = judge_gate(cfg, constitution, result)
+        base = build_judge(cfg.judge)
+        with progress_bar("measuring the judge") as progress:
+            trusted, result, measured = trusted_principles(store, cfg, constitution, base, progress)
+            judge_ = taught_judge(base, trusted.taught)
+            if result is None:  # people decided every principle; show the synthetic qualification anyway
+                result, measured = qualification_for(store, cfg, constitution, judge_, "qualify", progress)
+        print_people_agreement(store, judge_.judge_id, constitution.content_hash, trusted)
     console.print(qualification_table(result, trusted))
     console.print(f"{'measured now' if measured else 'stored earlier'}; {escape(trusted.describe())} "
                   f"(judge.min_sensitivity {cfg.judge.min_sensitivity:.0%}, judge.max_slot_bias {cfg.judge.max_slot_bias:.2f})",

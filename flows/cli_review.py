@@ -102,6 +102,24 @@ def _suspended(flow_run_id: str) -> bool:
     return state is not None and state.is_paused()
 
 
+@review_app.command("import")
+@guard
+def review_import(path: Path = typer.Argument(..., metavar="FILE", help="labels: JSONL or CSV (see below)"),
+                  reviewer: Optional[str] = typer.Option(None, help="reviewer of rows that name none"),
+                  db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
+    """Import labels made elsewhere as reviews. One label per row: pair_id (or prompt, text_a and
+    text_b, matched to a stored pair), winner a|b|tie, optional principle, reviewer, rationale. A file
+    with a bad row stores nothing and the error names its line."""
+    from review.imports import import_labels
+
+    constitution, _ = review_settings(config)
+    with existing_store(store_location(db, config)) as store:
+        found = import_labels(store, path, constitution, reviewer)
+    principles = f" (per principle: {', '.join(found.principles)})" if found.principles else ""
+    console.print(f"{found.rows} labels of {found.pairs} pairs read from {escape(str(path))}{principles}; "
+                  f"{found.stored} new reviews stored", highlight=False)
+
+
 @review_app.command("release")
 @guard
 def review_release(round_index: int = typer.Argument(..., metavar="ROUND"),
@@ -130,8 +148,9 @@ def review_next(
         if reviewer is None:
             fail("that token belongs to no reviewer (see `rlaif review add-reviewer`)", code=1)
         console.print("[bold]Guidelines[/]")
-        for p in constitution.principles:
-            console.print(f"- {escape(p.id)}: {escape(p.text)}", highlight=False)
+        for number, p in enumerate(constitution.principles, start=1):
+            console.print(f"{number}. {escape(p.id)}: {escape(p.text)}", highlight=False)
+        principle_ids = [p.id for p in constitution.principles]
         while (item := next_item(store, round_index, reviewer.reviewer_id, per_pair)) is not None:
             console.rule(f"round {round_index}: {item.done}/{item.total} pairs done")
             if item.hidden:
@@ -149,7 +168,14 @@ def review_next(
             if choice is None:
                 console.print("type 1, 2, 3, s, u or q")
                 continue
+            principle = None
+            if choice != "skip":
+                number = typer.prompt(f"which principle decided? (1-{len(principle_ids)}, Enter for none)", default="",
+                                      show_default=False).strip()
+                if number.isdigit() and 1 <= int(number) <= len(principle_ids):
+                    principle = principle_ids[int(number) - 1]
             rationale = "" if choice == "skip" else typer.prompt("why? (Enter to skip)", default="", show_default=False)
-            record_review(store, round_index, reviewer.reviewer_id, item.pair_id, choice, rationale, per_pair)
+            record_review(store, round_index, reviewer.reviewer_id, item.pair_id, choice, rationale, per_pair,
+                          principle=principle, principles=frozenset(principle_ids))
         done = queue_progress(store, round_index, reviewer.reviewer_id, per_pair)
         console.print(f"nothing left for you in round {round_index} ({done.done}/{done.total} pairs done)")

@@ -6,7 +6,7 @@ from constitution.loader import load_constitution
 from evals.probes import load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, evaluate, sample_side
 from flows.config import RoundConfig
-from flows.judging import judge_server, trusted_principles
+from flows.judging import judge_server, taught_judge, trusted_principles
 from flows.policy import model_sampler
 from flows.progress import progress_bar
 from judges.config import build_judge
@@ -50,7 +50,7 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
 
         with judge_server(config):
             judge = build_judge(config.judge)
-            with progress_bar("qualifying the judge") as progress:
+            with progress_bar("measuring the judge") as progress:
                 trusted, _, _ = trusted_principles(store, config, constitution, judge, progress)
-            return evaluate(store, judge, constitution, eval_id, heldout, probes, sample_more, config.eval.settings(),
+            return evaluate(store, taught_judge(judge, trusted.taught), constitution, eval_id, heldout, probes, sample_more, config.eval.settings(),
                             progress_bar, trusted.uncounted)

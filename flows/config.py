@@ -70,6 +70,9 @@ class ReviewConfig(_Section):
     min_kappa: float = Field(default=0.2, ge=-1, le=1, description="train only if Cohen's kappa judge vs humans is at least this")
     min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
     session_ttl: int = Field(default=8 * 3600, gt=0, description="seconds a review page login lasts")
+    gold: list[str] = Field(default_factory=lambda: ["bundled:support"], description=(
+        "gold sets (bundled:NAME or labels files): pairs people labelled per principle that measure the judge "
+        "before any spot-check; one labelled for another constitution is skipped"))
 
     def agreement_check(self, rows: Sequence[AgreementRow]) -> AgreementCheck:
         """The training gate on a round's judge-human agreement rows, with this section's bars."""
@@ -189,6 +192,7 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "prompts": config.prompts.model_copy(update={"source": resolve(config.prompts.source)}),
             "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),  # server.command runs as written
             "eval": config.eval.model_copy(update={"probes": [resolve(p) for p in config.eval.probes]}),
+            "review": config.review.model_copy(update={"gold": [resolve(g) for g in config.review.gold]}),
             "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
                 update={"python": resolve(config.sampler.vllm.python)})}),
             "store": config.store.model_copy(update={
@@ -224,12 +228,16 @@ def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundCo
     from constitution.loader import load_constitution
     from evals.probes import load_probe_set
     from prompts.loader import load_prompts
+    from review.gold import gold_path
+    from review.imports import read_label_file
 
     config = with_store(config, db)
     load_constitution(config.constitution)
     load_prompts(config.prompts.source)
     for source in config.eval.probes:
         load_probe_set(source)
+    for source in config.review.gold:
+        read_label_file(gold_path(source))
     for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
         if path is not None and not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")

@@ -6,12 +6,15 @@ benchmarks, so every one of them judges with the same judge and the same gate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from constitution.loader import Constitution
 from flows.config import RoundConfig
+from judges.pointwise import Taught
 from judges.qualification import (
+    PeopleBars,
     QualificationGate,
     QualificationResult,
     Split,
@@ -21,15 +24,20 @@ from judges.qualification import (
     set_hash,
 )
 from judges.server import running_judge_server
-from judges.stage import PairwiseJudge
+from judges.stage import PairwiseJudge, judge_pairs
 from lm.loading import base_checkpoint, load_model, load_tokenizer
 from prompts.loader import load_prompts, select_heldout_prompts
+from review.agreement import agreement_with_people
+from review.gold import store_gold, usable
+from review.labels import principle_labels
 from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
+from stats.agreement import LabelAgreement
 from store.db import Store
-from store.ids import stable_id
-from store.rows import JudgeQualificationRow
+from store.ids import stable_id, stable_int
+from store.rows import JudgeQualificationRow, PairRow
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class JudgeNotQualified(RuntimeError):
@@ -103,16 +111,88 @@ def qualification_row(result: QualificationResult) -> JudgeQualificationRow:
 def trusted_principles(store: Store, config: RoundConfig, constitution: Constitution, judge: PairwiseJudge,
                        progress: Progress = lambda done, total: None
                        ) -> tuple[QualificationGate, QualificationResult | None, bool]:
-    """(the gate, the qualification behind it, whether it was measured now) for this judge and constitution."""
+    """(the gate, the synthetic qualification behind it, whether that was measured now) for the config's
+    judge and constitution.
+
+    The judge is first taught by people (`judge.examples_from_people`); the gate's `taught` holds the
+    examples, and every judgment after it is the taught judge's (`taught_judge`). Agreement with
+    people then comes first; the synthetic qualification is measured only if some model-judged
+    principle lacks `review.min_reviewed` labels from people."""
+    teaching = store_gold_sets(store, config, constitution)
+    examples = choose_examples(store, constitution, judge, teaching, config.judge.examples_from_people, progress)
+    judge = taught_judge(judge, examples)
+    not_evidence = teaching | {t.pair_id for t in examples}
+    labelled = {r.pair_id for r in store.principle_reviews()} - not_evidence
+    judge_pairs(store, judge, constitution, list(store.by_ids(PairRow, labelled).values()), progress)  # cached
+    people = agreement_with_people(store, judge.judge_id, constitution.content_hash, exclude=not_evidence)
+    judged = [p.id for p in constitution.principles if p.judged]
+    decided = all(people.get(pid) is not None and people[pid].n >= config.review.min_reviewed for pid in judged)
     result, measured = None, False
-    if config.judge.qualify:
+    if config.judge.qualify and not decided:
         result, measured = qualification_for(store, config, constitution, judge, "qualify", progress)
-    return judge_gate(config, constitution, result), result, measured
+    trusted = judge_gate(config, constitution, result, people)
+    return trusted.model_copy(update={"taught": examples}), result, measured
 
 
-def judge_gate(config: RoundConfig, constitution: Constitution, result: QualificationResult | None) -> QualificationGate:
-    """Which model-judged principles count, by the config's bars (all of them when qualification is off)."""
-    return gate(result, constitution, config.judge.min_sensitivity, config.judge.max_slot_bias)
+def taught_judge(judge: PairwiseJudge, taught: Sequence[Taught]) -> PairwiseJudge:
+    """The judge with people's worked examples (a judge that takes none stays as it is)."""
+    teach = getattr(judge, "with_taught", None)
+    return teach(taught) if taught and teach is not None else judge
+
+
+def store_gold_sets(store: Store, config: RoundConfig, constitution: Constitution) -> frozenset[str]:
+    """Store the config's gold sets (idempotent); returns their teaching parts' pairs, which are never evidence."""
+    teaching: set[str] = set()
+    for source in config.review.gold:
+        why_not = usable(source, constitution)
+        if why_not is not None:
+            log.warning("%s: not used", why_not)
+            continue
+        teaching |= {g.pair.pair_id for g in store_gold(store, source, constitution) if g.part == "teach"}
+    return frozenset(teaching)
+
+
+def choose_examples(store: Store, constitution: Constitution, judge: PairwiseJudge, teaching: frozenset[str],
+                    per_principle: int, progress: Progress = lambda done, total: None, chunk: int = 8) -> list[Taught]:
+    """Per model-judged principle, up to `per_principle` pairs people labelled on it with a winner, on
+    which the judge's vote differs from theirs: from the gold sets' teaching parts and from
+    spot-checks (never a gold set's measuring part). Candidates are judged a few at a time, in a
+    fixed order, only until every principle has its examples."""
+    judged = {p.id for p in constitution.principles if p.judged}
+    if per_principle == 0 or not judged or getattr(judge, "with_taught", None) is None:
+        return []
+    gold = set(store.pair_texts("gold"))
+    said = {key: label for key, label in principle_labels(store.principle_reviews()).items()
+            if label in ("a", "b") and key[1] in judged and (key[0] in teaching or key[0] not in gold)}
+    candidates = sorted({pair_id for pair_id, _ in said}, key=lambda pid: stable_int("teach", pid))
+    found: dict[str, list[Taught]] = {pid: [] for pid in judged}
+    for start in range(0, len(candidates), chunk):
+        if all(len(v) >= per_principle for v in found.values()):
+            break
+        chunk_ids = candidates[start:start + chunk]
+        pairs = list(store.by_ids(PairRow, chunk_ids).values())
+        verdicts = judge_pairs(store, judge, constitution, pairs, progress)
+        texts = store.pair_texts_of(chunk_ids)
+        for pair_id in chunk_ids:
+            verdict = verdicts.get(pair_id)
+            for principle in sorted(judged):
+                label = said.get((pair_id, principle))
+                if label is None or verdict is None or verdict.status != "ok" or len(found[principle]) >= per_principle:
+                    continue
+                if verdict.votes_json.get(principle) != label:
+                    message, text_a, text_b = texts[pair_id]
+                    chosen, rejected = (text_a, text_b) if label == "a" else (text_b, text_a)
+                    found[principle].append(Taught(pair_id=pair_id, principle=principle, message=message,
+                                                   chosen=chosen, rejected=rejected))
+    return [t for pid in sorted(found) for t in found[pid]]
+
+
+def judge_gate(config: RoundConfig, constitution: Constitution, result: QualificationResult | None,
+               people: dict[str, LabelAgreement] | None = None) -> QualificationGate:
+    """Which model-judged principles count, by the config's bars: agreement with people where there are
+    enough labels, else the synthetic qualification (all of them when qualification is off)."""
+    return gate(result, constitution, config.judge.min_sensitivity, config.judge.max_slot_bias, people,
+                PeopleBars(min_reviewed=config.review.min_reviewed, min_kappa=config.review.min_kappa))
 
 
 def refuse_unqualified(config: RoundConfig, constitution: Constitution, trusted: QualificationGate) -> None:

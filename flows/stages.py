@@ -28,7 +28,7 @@ from constitution.loader import Constitution, load_constitution
 from evals.probes import ProbeSet, load_probe_set
 from evals.stage import EvalOutcome, eval_prompts, evaluate, sample_side
 from flows.config import RoundConfig
-from flows.judging import judge_server, trusted_principles
+from flows.judging import judge_server, taught_judge, trusted_principles
 from flows.policy import candidate_and_parent_samplers, load_lineage, model_sampler
 from flows.progress import progress_bar
 from flows.train import launch_training
@@ -99,9 +99,14 @@ class RoundContext:
         return self._loaded["policy"]
 
     def judge(self) -> PairwiseJudge:
+        """The config's judge, with the worked examples from people the qualify stage chose (if it ran)."""
         if "judge" not in self._loaded:
-            self._loaded["judge"] = load_judge(self.config)
+            gate = self.outcome("qualify")
+            self._loaded["judge"] = taught_judge(load_judge(self.config), gate.taught if gate else [])
         return self._loaded["judge"]
+
+    def use_judge(self, judge: PairwiseJudge) -> None:
+        self._loaded["judge"] = judge
 
     def candidate(self, candidate_id: str) -> PeftModel:
         """The round's candidate: as trained in this process, else its adapter loaded onto the policy."""
@@ -125,9 +130,13 @@ class RoundContext:
 # ---- the stages ---------------------------------------------------------------------------------
 
 def qualify_stage(ctx: RoundContext) -> QualificationGate:
-    """Which model-judged principles the judge's votes count on (measured once per judge and constitution)."""
-    ctx.note("qualifying the judge")
-    return qualify_judge(ctx.store, ctx.config, ctx.constitution, ctx.judge())
+    """The judge taught by people, and which model-judged principles its votes count on: by its
+    agreement with people where they labelled enough pairs, else by the synthetic qualification
+    (each measured once per judge and constitution)."""
+    ctx.note("measuring the judge")
+    trusted = qualify_judge(ctx.store, ctx.config, ctx.constitution, ctx.judge())
+    ctx.use_judge(taught_judge(ctx.judge(), trusted.taught))
+    return trusted
 
 
 def sampling_stage(ctx: RoundContext) -> SamplingOutcome:
@@ -301,13 +310,15 @@ def qualify_judge(store: Store, config: RoundConfig, constitution: Constitution,
     """Which model-judged principles this judge's votes count on: its stored qualification for this
     constitution, or a new one measured now (once per judge and constitution)."""
     logger = get_run_logger()
-    with progress_bar("qualifying the judge") as progress:
+    with progress_bar("measuring the judge") as progress:
         trusted, result, measured = trusted_principles(store, config, constitution, judge, progress)
+    if trusted.taught:
+        logger.info("judge taught by people: %s", ", ".join(f"{t.principle} (pair {t.pair_id})" for t in trusted.taught))
     if result is not None:
         logger.info("judge qualification %s (set %s): %s", "measured" if measured else "from the store", result.set_hash,
                     ", ".join(f"{pid} {q.sensitivity:.0%}" for pid, q in result.principles.items()) or "nothing testable")
-    if trusted.unqualified:
-        logger.warning("judge %s: %s", judge.judge_id, trusted.describe())
+    if trusted.unqualified or trusted.unchecked:
+        logger.warning("judge %s: %s", taught_judge(judge, trusted.taught).judge_id, trusted.describe())
     if not trusted.qualified and any(p.judged for p in constitution.principles):
         logger.warning("no model-judged principle qualifies: this round is decided by the executable checks alone")
     return trusted

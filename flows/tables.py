@@ -13,6 +13,7 @@ from evals.report_data import RoundPoint
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import Agreement, JudgeStats
+from stats.agreement import LabelAgreement
 from stats.intervals import Interval
 from store.rows import AgreementRow
 
@@ -43,6 +44,31 @@ def qualification_table(result: QualificationResult, trusted: QualificationGate 
     bias = "-" if result.slot_bias is None else f"{result.slot_bias:+.2f}"
     table.caption = (f"position consistency {pct(result.position_consistency)}; slot bias {bias} on identical answers "
                      f"({pct(result.identical_tie_rate)} tie); {result.seconds_per_pair:.2f} s per pair (both orders)")
+    return table
+
+
+def people_table(judge_id: str, people: dict[str, LabelAgreement], trusted: QualificationGate | None = None) -> Table:
+    """Per principle, the judge against people on real pairs: agreement, kappa with its interval, how
+    often it decides where people see a difference (TPR) and where they see none (FPR); and whether
+    the principle counts."""
+    table = Table(title=f"{judge_id} against people (labelled real pairs, 95% CI)")
+    for col in ("principle", "n", "accuracy", "kappa (95% CI)", "TPR", "FPR", "counts?"):
+        table.add_column(col)
+    for pid, a in sorted(people.items()):
+        kappa = "-" if a.kappa is None else f"{a.kappa:+.2f} ({num(a.kappa_low, 2)} to {num(a.kappa_high, 2)})"
+        counts = "-" if trusted is None else ("yes" if pid in trusted.qualified else "no")
+        table.add_row(pid, str(a.n), pct(a.accuracy), kappa, pct(a.true_positive_rate), pct(a.false_positive_rate), counts)
+    return table
+
+
+def co_decision_table(judge: dict[tuple[str, str], tuple[int, float]], people: dict[tuple[str, str], tuple[int, float]]) -> Table:
+    """For every two principles: how often both picked the same reply, the judge's votes vs people's labels."""
+    table = Table(title="do two principles pick the same reply? (pairs where both picked one)")
+    for col in ("principles", "judge: same (n)", "people: same (n)"):
+        table.add_column(col)
+    for key in sorted(judge.keys() | people.keys()):
+        cells = [f"{pct(found[1])} ({found[0]})" if (found := side.get(key)) else "-" for side in (judge, people)]
+        table.add_row(f"{key[0]} + {key[1]}", *cells)
     return table
 
 

@@ -40,6 +40,9 @@ class JudgeConfig(BaseModel):
     max_slot_bias: float = Field(default=0.2, ge=0, le=1,
                                  description="a judge leaning to one slot by more than this on identical answers counts on nothing")
     require_qualified: bool = Field(default=False, description="refuse the round (before sampling) when no model-judged principle qualifies")
+    examples_from_people: int = Field(default=1, ge=0, description=(
+        "pointwise_fewshot: per principle, this many pairs people labelled (a gold set's teaching part, spot-checks) "
+        "on which the judge disagreed with them become its worked examples; 0 = none"))
 
     @model_validator(mode="after")
     def _backend_settings(self) -> JudgeConfig:

@@ -47,14 +47,19 @@ class LocalLogprobJudge:
         tie_margin: float = 0.02,
         max_completion_tokens: int = 160,
         formulation: Formulation = "pointwise_fewshot",
+        taught: Sequence[pointwise.Taught] = (),
     ):
-        self.model, self.tokenizer = model, tokenizer
+        """`taught`: worked examples from people (pointwise_fewshot only); they are part of the judge's id."""
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.taught = list(taught) if formulation == "pointwise_fewshot" else []
         self.batch_size, self.tie_margin, self.max_completion_tokens = batch_size, tie_margin, max_completion_tokens
         self.formulation = formulation
         self.template: JudgeTemplate = load_template(TEMPLATES[formulation])
         settings = {"tie_margin": tie_margin, "max_completion_tokens": max_completion_tokens}
         suffix = "" if formulation == "principle_ab" else f":{formulation}"  # principle_ab keeps its old ids
         self.judge_id = f"local_logprob:{model_name}:{stable_id(settings)[:6]}{suffix}"
+        if self.taught:
+            self.judge_id += f"+taught:{stable_id([t.model_dump() for t in self.taught])[:6]}"
         self.prompt_version = self.template.version
         # transformers renamed `past_key_values` to `cache` in 5.2x: use whichever this version takes
         self._cache_kw = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
@@ -107,7 +112,12 @@ class LocalLogprobJudge:
     def _examples(self, constitution: Constitution, principles: Sequence[Principle]) -> list[tuple[str, str]]:
         if self.formulation != "pointwise_fewshot":
             return []
-        return pointwise.example_turns(self.template, constitution, principles)
+        return pointwise.example_turns(self.template, constitution, principles, self.taught)
+
+    def with_taught(self, taught: Sequence[pointwise.Taught]) -> LocalLogprobJudge:
+        """The same model, taught these examples: a judge of its own (its own id, so its own cache)."""
+        return LocalLogprobJudge(self.model, self.tokenizer, self.model_name, self.batch_size, self.tie_margin,
+                                 self.max_completion_tokens, self.formulation, taught)
 
     # ---- judging --------------------------------------------------------------------------------
     def judge(

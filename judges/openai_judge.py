@@ -155,8 +155,10 @@ def parse_reply(content: str | None, model: type[Reply]) -> Reply:
 
 class OpenAIJudge:
     def __init__(self, settings: OpenAIJudgeSettings, template: JudgeTemplate | None = None,
-                 client_factory: Callable[[], openai.AsyncOpenAI] | None = None):
+                 client_factory: Callable[[], openai.AsyncOpenAI] | None = None, taught: Sequence[pointwise.Taught] = ()):
+        """`taught`: worked examples from people (pointwise_fewshot only); they are part of the judge's id."""
         self.settings = settings
+        self.taught = list(taught) if settings.formulation == "pointwise_fewshot" else []
         pointwise_judge = settings.formulation != "pairwise_json"
         self.template = template or load_template(pointwise.TEMPLATE_NAME if pointwise_judge else TEMPLATE_NAME)
         identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens",
@@ -164,11 +166,17 @@ class OpenAIJudge:
         if pointwise_judge:  # (pairwise_json keeps the ids judgments were cached under before formulations)
             identity["formulation"] = settings.formulation
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
+        if self.taught:
+            self.judge_id += f"+taught:{stable_id([t.model_dump() for t in self.taught])[:6]}"
         self.prompt_version = self.template.version
         self.tie_margin = settings.tie_margin
         self.spend = _Spend(settings)
         self._client_factory = client_factory or self._default_client
         self._use_schema = settings.structured_output != "json_prompt"
+
+    def with_taught(self, taught: Sequence[pointwise.Taught]) -> OpenAIJudge:
+        """The same endpoint, taught these examples: a judge of its own (its own id, so its own cache)."""
+        return OpenAIJudge(self.settings, self.template, self._client_factory, taught)
 
     def _default_client(self) -> openai.AsyncOpenAI:
         key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
@@ -204,7 +212,7 @@ class OpenAIJudge:
     async def _judge_pointwise(self, items, constitution: Constitution, progress) -> list[OrderJudgment]:
         """Every distinct (message, reply, principle) asked once; both orders of a pair read the same answers."""
         principles = [p for p in constitution.principles if p.judged]
-        turns = pointwise.example_turns(self.template, constitution, principles) \
+        turns = pointwise.example_turns(self.template, constitution, principles, self.taught) \
             if self.settings.formulation == "pointwise_fewshot" else []
         prefix = [{"role": "system", "content": self.template.system}]
         for example, answer in turns:  # identical in every request, first: a server's prefix cache reuses it

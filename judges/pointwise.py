@@ -6,12 +6,16 @@ prefer. A pair's vote on a principle is p(breaks | b) - p(breaks | a).
 
 Few-shot: worked examples built from the constitution come first in every request (one shared
 prefix): each principle's first violation (position 0; never the held-out odd positions that
-qualify a judge) answered "yes", and a neutral ending answered "no".
+qualify a judge) answered "yes", and a neutral ending answered "no". A judge taught by people
+(`Taught`) adds, per principle, real replies people compared on it: the reply they rejected
+answered "yes", the one they preferred "no".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from pydantic import BaseModel
 
 from constitution.loader import Constitution, Principle
 from judges.templates import JudgeTemplate
@@ -34,14 +38,32 @@ def question(template: JudgeTemplate, principle: Principle, message: str, reply:
     return template.user.format(principle=principle.text, prompt=message, response=reply)
 
 
-def example_turns(template: JudgeTemplate, constitution: Constitution,
-                  principles: Sequence[Principle]) -> list[tuple[str, str]]:
-    """(question, answer) turns: one violation -> "yes" and one neutral ending -> "no" per principle."""
+class Taught(BaseModel):
+    """A worked example from people: on `principle`, they preferred `chosen` to `rejected` as replies to
+    `message` (stored pair `pair_id`, which is then never evidence of the judge's agreement with people)."""
+
+    pair_id: str
+    principle: str
+    message: str
+    chosen: str
+    rejected: str
+
+
+def example_turns(template: JudgeTemplate, constitution: Constitution, principles: Sequence[Principle],
+                  taught: Sequence[Taught] = ()) -> list[tuple[str, str]]:
+    """(question, answer) turns: one violation -> "yes" and one neutral ending -> "no" per principle,
+    then each of its taught examples: the rejected reply -> "yes", the chosen one -> "no"."""
     neutral = neutral_endings(constitution)
     turns = []
-    for i, principle in enumerate(p for p in principles if p.violations):
-        turns.append((question(template, principle, EXAMPLE_MESSAGE, principle.violations[0]), "yes"))
-        turns.append((question(template, principle, EXAMPLE_MESSAGE, neutral[i % len(neutral)]), "no"))
+    shown = 0  # principles with a violation so far: they take the neutral endings in turn
+    for principle in principles:
+        if principle.violations:
+            turns.append((question(template, principle, EXAMPLE_MESSAGE, principle.violations[0]), "yes"))
+            turns.append((question(template, principle, EXAMPLE_MESSAGE, neutral[shown % len(neutral)]), "no"))
+            shown += 1
+        for example in (t for t in taught if t.principle == principle.id):
+            turns.append((question(template, principle, example.message, example.rejected), "yes"))
+            turns.append((question(template, principle, example.message, example.chosen), "no"))
     return turns
 
 

@@ -23,8 +23,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from constitution.loader import Constitution, Principle
-from judges.pointwise import neutral_endings
+from judges.pointwise import Taught, neutral_endings
 from judges.verdict import OrderJudgment, PairText, combine_orders
+from stats.agreement import LabelAgreement
 from stats.intervals import wilson_interval
 from store.ids import stable_id
 
@@ -66,21 +67,35 @@ class QualificationResult(BaseModel):
 
 
 class QualificationGate(BaseModel):
-    """What a round does with a qualification: which model-judged principles count."""
+    """What a round does with the evidence about its judge: which model-judged principles count.
+
+    A principle with enough labels from people is decided by the judge's agreement with them
+    (`people`); otherwise by the synthetic qualification, and then it is "not yet checked against
+    people" wherever it is shown."""
 
     qualified: list[str] = Field(default_factory=list)
     unqualified: dict[str, str] = Field(default_factory=dict)  # principle id -> why
+    people: dict[str, str] = Field(default_factory=dict)       # principle id -> its agreement with people, in words
+    taught: list[Taught] = Field(default_factory=list)         # the worked examples from people the judge was given
 
     @property
     def uncounted(self) -> frozenset[str]:
         return frozenset(self.unqualified)
 
+    @property
+    def unchecked(self) -> list[str]:
+        """Counted principles whose agreement with people was never measured."""
+        return [pid for pid in self.qualified if pid not in self.people]
+
     def describe(self) -> str:
+        def counted(pid: str) -> str:
+            return f"{pid} ({self.people[pid]})" if pid in self.people else f"{pid} (not yet checked against people)"
+
+        names = ", ".join(counted(pid) for pid in self.qualified) or "none"
         if not self.unqualified:
-            return f"qualified on {', '.join(self.qualified) or 'no model-judged principle'}"
-        counted = ", ".join(self.qualified) if self.qualified else "none"
+            return f"counted: {names}" if self.qualified else "no model-judged principle"
         why = "; ".join(f"{pid}: {reason}" for pid, reason in self.unqualified.items())
-        return f"model-judged principles counted: {counted}; not counted ({why})"
+        return f"model-judged principles counted: {names}; not counted ({why})"
 
 
 def set_hash(constitution: Constitution, prompts: Sequence[str], answer_source: dict, split: Split) -> str:
@@ -194,18 +209,43 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
         pairs=len(cases), requests=len(judged), seconds=seconds, seconds_per_pair=seconds / max(len(cases), 1))
 
 
+class PeopleBars(BaseModel):
+    """When agreement with people decides a principle (the config's review section holds the bars)."""
+
+    min_reviewed: int   # labelled pairs of a principle from which people's labels decide it
+    min_kappa: float    # ... it counts if kappa reaches this and its interval's lower end is above 0
+
+
 def gate(result: QualificationResult | None, constitution: Constitution, min_sensitivity: float,
-         max_slot_bias: float) -> QualificationGate:
-    """Which model-judged principles count. A principle the set could not test (no violations, not
-    relevance) stays unqualified: a judge is trusted on what it was shown to see, not by default."""
+         max_slot_bias: float, people: dict[str, LabelAgreement] | None = None, bars: PeopleBars | None = None
+         ) -> QualificationGate:
+    """Which model-judged principles count.
+
+    A principle with at least `bars.min_reviewed` pairs labelled by people (`people`: the judge's
+    agreement with them per principle) counts if its kappa reaches `bars.min_kappa` and the kappa
+    interval's lower end is above 0, whatever the synthetic qualification says. Any other principle
+    goes by the qualification: one the set could not test (no violations, not relevance) stays
+    unqualified, as a judge is trusted on what it was shown to see, not by default."""
     model_principles = [p.id for p in constitution.principles if p.judged]
-    if result is None:
-        return QualificationGate(qualified=model_principles)  # qualification is switched off
     out = QualificationGate()
-    biased = result.slot_bias is not None and abs(result.slot_bias) > max_slot_bias
+    people = people or {}
+    for pid, agreed in people.items():
+        if pid in model_principles and agreed.n > 0 and agreed.kappa is not None:
+            out.people[pid] = (f"kappa {agreed.kappa:.2f}, 95% CI {_fmt(agreed.kappa_low)} to {_fmt(agreed.kappa_high)}, "
+                               f"on {agreed.n} pairs labelled by people")
+    decided_by_people = {pid for pid in out.people if bars is not None and people[pid].n >= bars.min_reviewed}
+    biased = result is not None and result.slot_bias is not None and abs(result.slot_bias) > max_slot_bias
     for pid in model_principles:
-        found = result.principles.get(pid)
-        if biased:
+        found = None if result is None else result.principles.get(pid)
+        if pid in decided_by_people:
+            assert bars is not None
+            if (people[pid].kappa or 0.0) >= bars.min_kappa and (people[pid].kappa_low or 0.0) > 0:
+                out.qualified.append(pid)
+            else:
+                out.unqualified[pid] = f"{out.people[pid]}: below review.min_kappa {bars.min_kappa:.2f} or not above 0"
+        elif result is None:
+            out.qualified.append(pid)  # qualification is switched off
+        elif biased:
             out.unqualified[pid] = f"slot bias {result.slot_bias:+.2f} beyond {max_slot_bias:.2f} on identical answers"
         elif found is None:
             out.unqualified[pid] = "not tested (no violations in the constitution)"
@@ -214,4 +254,8 @@ def gate(result: QualificationResult | None, constitution: Constitution, min_sen
         else:
             out.qualified.append(pid)
     return out
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f}"
 

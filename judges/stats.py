@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
+from stats.agreement import cohen_kappa
 from store.rows import VerdictRow
 
 
@@ -45,20 +46,6 @@ def judge_stats(verdicts: Sequence[VerdictRow]) -> JudgeStats:
     )
 
 
-def cohen_kappa(left: Sequence[str], right: Sequence[str]) -> float | None:
-    """Cohen's kappa: agreement corrected for the agreement expected by chance from each side's label rates."""
-    assert len(left) == len(right)
-    n = len(left)
-    if n == 0:
-        return None
-    observed = sum(a == b for a, b in zip(left, right)) / n
-    left_rates, right_rates = Counter(left), Counter(right)
-    expected = sum(left_rates[label] * right_rates[label] for label in left_rates) / (n * n)
-    if expected == 1.0:
-        return 1.0 if observed == 1.0 else 0.0
-    return (observed - expected) / (1 - expected)
-
-
 def agreement(left: Sequence[VerdictRow], right: Sequence[VerdictRow]) -> Agreement:
     """Winner agreement on the pairs both sides judged validly."""
     right_by_pair = {v.pair_id: v for v in right if v.status == "ok"}
@@ -67,3 +54,18 @@ def agreement(left: Sequence[VerdictRow], right: Sequence[VerdictRow]) -> Agreem
         return Agreement(n=0, accuracy=None, kappa=None)
     a, b = zip(*both)
     return Agreement(n=len(both), accuracy=sum(x == y for x, y in both) / len(both), kappa=cohen_kappa(a, b))
+
+
+def co_decisions(labels: Sequence[dict[str, str]], principles: Sequence[str]) -> dict[tuple[str, str], tuple[int, float]]:
+    """For every two principles: on how many pairs both picked a reply, and the share where they picked
+    the same one. `labels`: one {principle: a | b | tie} per pair, from the judge or from people. A judge
+    whose principles always agree gives one signal under several names; people's labels show how
+    often the principles really move together."""
+    out = {}
+    for i, left in enumerate(principles):
+        for right in principles[i + 1:]:
+            both = [(x[left], x[right]) for x in labels if x.get(left) in ("a", "b") and x.get(right) in ("a", "b")]
+            if both:
+                out[(left, right)] = (len(both), sum(a == b for a, b in both) / len(both))
+    return out
+

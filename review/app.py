@@ -329,6 +329,8 @@ def create_app(
             rows = [(r, session.queue_progress(store, r.round_index, who.reviewer_id, reviews_per_pair)) for r in rounds]
         return page("queue.html", reviewer=who.reviewer_id, csrf=who.csrf, rows=rows)
 
+    principle_ids = frozenset(p.id for p in constitution.principles)
+
     @app.get("/rounds/{round_index}")
     def review_page(round_index: int, who: Caller = Depends(caller)) -> Response:
         with connected() as store:
@@ -346,7 +348,8 @@ def create_app(
             before = session.queue_progress(store, round_index, who.reviewer_id, reviews_per_pair)
             session.record_review(store, round_index, who.reviewer_id, pair_id=form.get("pair_id", ""),
                                   choice=form.get("choice", ""), rationale=browser_text(form.get("rationale")),
-                                  reviews_per_pair=reviews_per_pair, shown=form.get("shown_order"))
+                                  reviews_per_pair=reviews_per_pair, shown=form.get("shown_order"),
+                                  principle=form.get("principle") or None, principles=principle_ids)
             after = session.queue_progress(store, round_index, who.reviewer_id, reviews_per_pair)
             # Only the label that completes the queue reports it (not every later skip or late label).
             if after.total > 0 and after.done == after.total and before.done < after.total:

@@ -17,9 +17,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from review.labels import review_id
 from review.text_safety import hidden_characters, name_skeleton, scripts
 from store.db import Store
-from store.ids import stable_id, stable_int
+from store.ids import stable_int
 from store.rows import CompletionRow, PairRow, PromptRow, ReviewerRow, ReviewRow, ReviewSessionRow, RoundRow, utcnow
 
 Choice = Literal["left", "right", "tie", "skip"]
@@ -130,7 +131,7 @@ def round_or_error(store: Store, round_index: int) -> RoundRow:
 def labels_per_pair(reviews: list[ReviewRow]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for r in reviews:
-        if r.winner != "skip":
+        if r.winner != "skip" and r.principle is None:
             counts[r.pair_id] = counts.get(r.pair_id, 0) + 1
     return counts
 
@@ -142,7 +143,7 @@ def queue_progress(store: Store, round_index: int, reviewer: str, reviews_per_pa
     counts = labels_per_pair(reviews)
     return QueueProgress(round_index=round_index, total=len(queue),
                     done=sum(counts.get(q.pair_id, 0) >= reviews_per_pair for q in queue),
-                    mine=sum(r.reviewer == reviewer and r.winner != "skip" for r in reviews))
+                    mine=sum(r.reviewer == reviewer and r.winner != "skip" and r.principle is None for r in reviews))
 
 
 def next_item(store: Store, round_index: int, reviewer: str, reviews_per_pair: int) -> ReviewItem | None:
@@ -175,13 +176,18 @@ def shown_order(pair_id: str, reviewer: str) -> Literal["ab", "ba"]:
 
 
 def record_review(store: Store, round_index: int, reviewer: str, pair_id: str, choice: str, rationale: str | None,
-                  reviews_per_pair: int, shown: str | None = None) -> ReviewRow:
+                  reviews_per_pair: int, shown: str | None = None, principle: str | None = None,
+                  principles: frozenset[str] = frozenset()) -> ReviewRow:
     """Store a label; `choice` is what the reviewer picked on screen, turned into the pair's a/b.
 
     Only the pair this reviewer is being shown counts: the queue's next pair for them, which still
     needs labels. The order it was shown in is recomputed here, never taken from the client;
     `shown`, if the client sends it, must agree (a page from before an undo, say, is refused).
+    `principle` (one of `principles`, optional): the principle that decided; the same choice is then
+    also stored as the reviewer's label on that principle.
     """
+    if principle is not None and principle not in principles:
+        raise ReviewError(f"principle {principle!r} is not one of the constitution's ({', '.join(sorted(principles))})")
     rnd = round_or_error(store, round_index)
     if choice not in ("left", "right", "tie", "skip"):
         raise ReviewError(f"choice must be left, right, tie or skip, not {choice!r}")
@@ -196,18 +202,23 @@ def record_review(store: Store, round_index: int, reviewer: str, pair_id: str, c
         raise ReviewError(f"shown_order {shown!r} is not the order pair {pair_id!r} was shown to you in")
     left, right = ("a", "b") if order == "ab" else ("b", "a")
     winner = {"left": left, "right": right, "tie": "tie", "skip": "skip"}[choice]
-    row = ReviewRow(review_id=stable_id("review", pair_id, reviewer), pair_id=pair_id, reviewer=reviewer,
+    row = ReviewRow(review_id=review_id(pair_id, reviewer), pair_id=pair_id, reviewer=reviewer,
                     winner=winner, rationale=(rationale or "").strip()[:4000] or None, shown_order=order)
-    store.append([row])
+    decided_by = [] if principle is None or winner == "skip" else [
+        row.model_copy(update={"review_id": review_id(pair_id, reviewer, principle), "principle": principle})]
+    store.append([row, *decided_by])
     return row
 
 
 def undo_last(store: Store, round_index: int, reviewer: str) -> ReviewRow | None:
-    """Remove this reviewer's latest review in the round (never anyone else's)."""
+    """Remove this reviewer's latest review in the round, with the principle label stored with it
+    (never anyone else's)."""
     rnd = round_or_error(store, round_index)
-    mine = [r for r in store.reviews_of_round(rnd.round_id) if r.reviewer == reviewer]
+    mine = [r for r in store.reviews_of_round(rnd.round_id) if r.reviewer == reviewer and r.principle is None]
     if not mine:
         return None
     last = max(mine, key=lambda r: r.created_at)
-    store.delete_review(last.review_id)
+    for r in store.reviews_of_round(rnd.round_id):
+        if r.reviewer == reviewer and r.pair_id == last.pair_id:
+            store.delete_review(r.review_id)
     return last

@@ -485,6 +485,49 @@ class Store:
         )
         return [_from_record(PairRecord, dict(zip(columns, values))) for values in rows]
 
+    def pair_texts(self, purpose: str) -> dict[str, tuple[str, str, str]]:
+        """pair id -> (prompt, text a, text b) of every pair with this purpose."""
+        return self._pair_texts("p.purpose = ?", [purpose])
+
+    def pair_texts_of(self, pair_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """pair id -> (prompt, text a, text b) of these pairs."""
+        return self._pair_texts("p.pair_id IN (SELECT unnest(?))", [list(pair_ids)])
+
+    def _pair_texts(self, where: str, params: Sequence[Any]) -> dict[str, tuple[str, str, str]]:
+        _, rows = self._query(
+            f"""
+            SELECT p.pair_id, pr.text, ca.text, cb.text FROM pairs p
+            JOIN prompts pr ON pr.prompt_id = p.prompt_id
+            JOIN completions ca ON ca.completion_id = p.completion_a
+            JOIN completions cb ON cb.completion_id = p.completion_b
+            WHERE {where}
+            """, params)
+        return {pair_id: (prompt, a, b) for pair_id, prompt, a, b in rows}
+
+    def pairs_by_texts(self, texts: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[tuple[str, bool]]]:
+        """(prompt, text a, text b) -> [(pair id, swapped)] of the stored pairs with that prompt and those two
+        completions; swapped: the pair holds them the other way round."""
+        if not texts:
+            return {}
+        prompts, texts_a, texts_b = (list(column) for column in zip(*texts))
+        _, rows = self._query(
+            """
+            SELECT l.prompt, l.text_a, l.text_b, p.pair_id, ca.text <> l.text_a AS swapped
+            FROM (SELECT unnest(?) AS prompt, unnest(?) AS text_a, unnest(?) AS text_b) l
+            JOIN prompts pr ON pr.text = l.prompt
+            JOIN pairs p ON p.prompt_id = pr.prompt_id
+            JOIN completions ca ON ca.completion_id = p.completion_a
+            JOIN completions cb ON cb.completion_id = p.completion_b
+            WHERE (ca.text = l.text_a AND cb.text = l.text_b) OR (ca.text = l.text_b AND cb.text = l.text_a)
+            ORDER BY p.pair_id
+            """,
+            [prompts, texts_a, texts_b],
+        )
+        found: dict[tuple[str, str, str], list[tuple[str, bool]]] = {}
+        for prompt, text_a, text_b, pair_id, swapped in rows:
+            found.setdefault((prompt, text_a, text_b), []).append((pair_id, bool(swapped)))
+        return found
+
     def verdicts_of_round(self, round_id: str, purpose: str = "train") -> dict[tuple[str, str], list[VerdictRow]]:
         """Every verdict on the round's pairs, grouped by (judge id, constitution hash)."""
         rows = self._select(
@@ -552,6 +595,10 @@ class Store:
     def reviews_of_round(self, round_id: str) -> list[ReviewRow]:
         return self._select(ReviewRow, "pair_id IN (SELECT pair_id FROM review_queue WHERE round_id = ?)", [round_id],
                             "created_at, review_id")
+
+    def principle_reviews(self) -> list[ReviewRow]:
+        """Every label about one principle (not skips), of any round or gold set."""
+        return self._select(ReviewRow, "principle IS NOT NULL AND winner <> 'skip'", [], "review_id")
 
     def delete_review(self, review_id: str) -> None:
         """A reviewer's undo: the one row the product ever removes (it was a human's slip, not data)."""

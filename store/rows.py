@@ -53,7 +53,7 @@ class CompletionRow(Row):
     round_id: str
     prompt_id: str
     model_id: str
-    purpose: Literal["train", "eval"]
+    purpose: Literal["train", "eval", "gold"]  # gold: a labelled pair of a gold set (review/gold.py)
     sample_index: int
     seed: int
     text: str
@@ -72,7 +72,7 @@ class PairRow(Row):
     pair_id: str
     round_id: str
     prompt_id: str
-    purpose: Literal["train", "eval"]
+    purpose: Literal["train", "eval", "gold"]  # gold: a labelled pair of a gold set (review/gold.py)
     completion_a: str
     completion_b: str
     pairing: Literal["pair", "round_robin", "max_min"] = "pair"  # see sampling.stage.pair_samples
@@ -146,7 +146,8 @@ class ReviewQueueRow(Row):
 
 
 class ReviewRow(Row):
-    """One reviewer's label on one pair; `winner` is in the pair's own a/b terms, whatever was shown."""
+    """One reviewer's label on one pair; `winner` is in the pair's own a/b terms, whatever was shown.
+    `principle`: None for the overall preference, else the principle this label is about."""
 
     table: ClassVar[str] = "reviews"
     key: ClassVar[tuple[str, ...]] = ("review_id",)
@@ -157,6 +158,7 @@ class ReviewRow(Row):
     rationale: str | None = None
     shown_order: Literal["ab", "ba"]
     created_at: datetime = Field(default_factory=utcnow)
+    principle: str | None = None
 
 
 class ReviewerRow(Row):
@@ -191,6 +193,10 @@ class AgreementRow(Row):
     accuracy: float | None
     kappa: float | None
     computed_at: datetime = Field(default_factory=utcnow)
+    kappa_low: float | None = None           # 95% interval, bootstrap over pairs
+    kappa_high: float | None = None
+    true_positive_rate: float | None = None   # people see a difference: the judge picks the same reply
+    false_positive_rate: float | None = None  # people see a tie: the judge picks a reply anyway
 
 
 class TrainRunRow(Row):

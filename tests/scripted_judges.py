@@ -24,7 +24,22 @@ class ScriptedJudge:
 
     def __init__(self, name: str, script: Script):
         self.judge_id = f"scripted:{name}"
-        self.script = script
+        self.name, self.script = name, script
+        self.taught: list = []
+
+    def with_taught(self, taught) -> ScriptedJudge:
+        """Taught by people: from then on it says what people said on the pairs it was taught with."""
+        said = {(t.message, t.chosen, t.rejected): t for t in taught}
+
+        def script(pair: PairText) -> str:
+            for (message, chosen, rejected) in said:
+                if pair.prompt == message and {pair.text_a, pair.text_b} == {chosen, rejected}:
+                    return "a" if pair.text_a == chosen else "b"
+            return self.script(pair)
+
+        judge = ScriptedJudge(f"{self.name}+taught:{len(taught)}", script)
+        judge.taught = list(taught)
+        return judge
 
     def judge(self, items: Sequence[tuple[PairText, Order]], constitution: Constitution,
               progress=lambda done, total: None) -> list[OrderJudgment]:

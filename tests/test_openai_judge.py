@@ -160,7 +160,7 @@ def test_openai_kind_without_settings_is_a_config_error(tmp_path):
 
 
 def test_cohen_kappa_on_a_worked_example():
-    from judges.stats import cohen_kappa
+    from stats.agreement import cohen_kappa
 
     # observed agreement 0.75; chance agreement (2*1 + 2*3) / 16 = 0.5; kappa = (0.75 - 0.5) / 0.5
     assert cohen_kappa(["a", "a", "b", "b"], ["a", "b", "b", "b"]) == pytest.approx(0.5)

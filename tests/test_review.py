@@ -7,7 +7,7 @@ import random
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from judges.stats import cohen_kappa
+from stats.agreement import cohen_kappa
 from review.agreement import check_agreement, measure_agreement
 from review.labels import human_labels
 from review.session import (
@@ -72,11 +72,15 @@ def test_human_labels_override_the_judge_and_a_human_tie_drops_the_pair():
 def test_agreement_overall_per_principle_per_tag_and_the_gate():
     records = [record("p1", "a", votes={"honest": "a", "concise": "b"}), record("p2", "b", votes={"honest": "b", "concise": "n/a"}, tags=("safety",)),
                record("p3", "a", consistent=False, votes={"honest": "tie"}), record("p4", "a")]
-    rows = measure_agreement(records, {"p1": "a", "p2": "a", "p3": "tie"}, "r", "j", "c")
+    said = {("p1", "honest"): "a", ("p2", "honest"): "a", ("p3", "honest"): "tie", ("p1", "concise"): "a",
+            ("p2", "concise"): "b"}
+    rows = measure_agreement(records, {"p1": "a", "p2": "a", "p3": "tie"}, said, "r", "j", "c")
     by = {(r.scope, r.subject): r for r in rows}
     assert (by["overall", ""].n, by["overall", ""].accuracy) == (3, pytest.approx(2 / 3))   # p3: inconsistent judge = tie
     assert by["overall", ""].kappa == pytest.approx(cohen_kappa_score(["a", "b", "tie"], ["a", "a", "tie"]))
+    # per principle: that principle's vote against what people said about that principle
     assert (by["principle", "honest"].n, by["principle", "honest"].accuracy) == (3, pytest.approx(2 / 3))
+    assert by["principle", "honest"].true_positive_rate == 0.5 and by["principle", "honest"].false_positive_rate == 0.0
     assert (by["principle", "concise"].n, by["principle", "concise"].accuracy) == (1, 0.0)  # n/a votes are not counted
     assert (by["tag", "safety"].n, by["tag", "safety"].accuracy) == (1, 0.0)
     assert check_agreement(rows, min_reviewed=5, min_kappa=0.9, min_accuracy=0.9).passed  # too few reviews to judge

@@ -1,8 +1,10 @@
 // Keyboard shortcuts for the review page (review.html). Loaded with `defer`, so the DOM is ready.
-//   1 / 2 / 3  choose Response 1 / Response 2 / Tie and move to the rationale box
-//   Enter      (in the rationale box) submit, if a choice was made; Shift+Enter adds a line
+//   1 / 2 / 3  choose Response 1 / Response 2 / Tie; then
+//   a digit    (right after the choice) the principle that decided it: the guidelines' number
+//   Enter      submit, if a choice was made (in the rationale box: Shift+Enter adds a line)
 //   s          skip this pair now        u   undo my last label
-// Letters and digits typed into the rationale box are text, never shortcuts.
+// Any other key after the choice starts the rationale. Letters and digits typed into the rationale
+// box are text, never shortcuts.
 (function () {
   "use strict";
 
@@ -12,6 +14,8 @@
 
   const choice = form ? form.elements.namedItem("choice") : null;
   const rationale = form ? form.elements.namedItem("rationale") : null;
+  const principle = form ? form.elements.namedItem("principle") : null;
+  let askingPrinciple = false; // just after a choice key: a digit names the principle that decided
   const buttons = form ? Array.from(form.querySelectorAll("button[data-choice]")) : [];
   const keyChoices = new Map([["1", "left"], ["2", "right"], ["3", "tie"]]);
 
@@ -39,11 +43,29 @@
     }
   }
 
+  function onPrincipleKey(event) {
+    askingPrinciple = false;
+    event.preventDefault();
+    const n = Number(event.key);
+    if (/^[1-9]$/.test(event.key) && n < principle.options.length) {
+      principle.selectedIndex = n;
+      rationale.focus();
+    } else if (event.key === "Enter") {
+      submit(form);
+    } else {
+      rationale.focus();
+      if (event.key.length === 1) rationale.value += event.key; // the first letter of the rationale
+    }
+  }
+
   function onPageKey(event) {
-    if (form && keyChoices.has(event.key)) {
+    if (form && askingPrinciple && principle) {
+      onPrincipleKey(event);
+    } else if (form && keyChoices.has(event.key)) {
       event.preventDefault();
       select(keyChoices.get(event.key));
-      rationale.focus();
+      askingPrinciple = principle !== null;
+      if (!askingPrinciple) rationale.focus();
     } else if (form && event.key === "s") {
       event.preventDefault();
       select("skip");
