@@ -43,7 +43,8 @@ def render_html(report: Report) -> str:
               for caption, fig in figures(report)]
     env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
     return env.get_template("report.html").render(r=report, images=images, fmt=_fmt, ci=_ci, diff=_diff,
-                                                  length_control_note=length_control_note, trust_note=trust_note)
+                                                  length_control_note=length_control_note, trust_note=trust_note,
+                                                  pct_ci=_pct_ci)
 
 
 def render_markdown(report: Report) -> str:
@@ -63,6 +64,10 @@ def render_markdown(report: Report) -> str:
         for pid, rate in ev.candidate.principle_pass.items():
             lines.append(f"| pass: {pid}{trust_note(report, pid)}{_diff(ev.differences.get(pid))} | {rate:.0%} | "
                          f"{_fmt(ev.baseline.principle_pass.get(pid), '.0%')} |")
+            corrected = report.corrected_pass.get(pid)
+            if corrected:
+                lines.append(f"| ... corrected for the judge's errors against people | {_pct_ci(corrected['candidate'])} | "
+                             f"{_pct_ci(corrected['baseline'])} |")
         for name, rate in ev.candidate.probe_pass.items():
             lines.append(f"| probe: {name}{_diff(ev.differences.get(f'probe:{name}'))} | {rate:.0%} | "
                          f"{_fmt(ev.baseline.probe_pass.get(name), '.0%')} |")
@@ -138,6 +143,10 @@ def length_control_note(ev: EvalOutcome) -> str:
 
 def _ci(x: Interval) -> str:
     return f"{x.estimate:.2f} ({x.confidence:.1%} CI {x.low:.2f}-{x.high:.2f})".replace(".0% CI", "% CI")
+
+
+def _pct_ci(x: Interval) -> str:
+    return f"{x.estimate:.0%} ({x.low:.0%}-{x.high:.0%})"
 
 
 def _diff(x: Interval | None) -> str:

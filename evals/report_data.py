@@ -6,14 +6,16 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from evals.corrected import corrected_pass_rates
 from evals.stage import EvalOutcome
 from judges.qualification import QualificationGate, QualificationResult
 from judges.stats import judge_stats
-from review.agreement import agreement_with_people
+from review.agreement import labelled_votes
 from review.gold import teaching_pairs
-from stats.agreement import LabelAgreement
+from stats.agreement import LabelAgreement, label_agreement
 from stats.intervals import Interval
 from store.db import Store, StoreError
+from store.ids import stable_int
 from store.rows import ModelRow, RoundRow, Stage, StepMetrics
 from training.candidate import TrainOutcome
 from training.data import round_preferences
@@ -61,6 +63,7 @@ class Report(BaseModel):
     qualification: QualificationResult | None  # the judge's newest stored qualification for this constitution
     judge_gate: QualificationGate | None       # which model-judged principles this round counted
     people: dict[str, LabelAgreement] = {}     # the judge against people per principle, on labelled real pairs
+    corrected_pass: dict[str, dict[str, Interval]] = {}  # judged principle -> {candidate, baseline}: corrected pass rates
     train_reason: str | None
     audit: dict | None           # the confound audit of the trustworthy pairs (training/audit.py)
     eval: EvalOutcome | None
@@ -84,21 +87,40 @@ def build_report(store: Store, round_index: int, max_examples: int = 8) -> Repor
                           if q.judge_id == judge_id and q.constitution_hash == rnd.constitution_hash), None)
     judge_gate = stage_outcome(store, rnd, "qualify", QualificationGate)
     taught = {t.pair_id for t in judge_gate.taught} if judge_gate else set()
-    people = agreement_with_people(store, judge_id, rnd.constitution_hash, exclude=teaching_pairs(store) | taught) \
-        if judge_id else {}
+    labelled = labelled_votes(store, judge_id, rnd.constitution_hash, exclude=teaching_pairs(store) | taught) if judge_id else {}
+    people = {pid: label_agreement(j, p, seed=stable_int("people", pid)) for pid, (j, p) in labelled.items()}
+    evaluation = stage_outcome(store, rnd, "eval", EvalOutcome)
     return Report(
         round_index=rnd.round_index, round_id=rnd.round_id, status=rnd.status, decision=rnd.status_reason or rnd.status,
         policy_id=rnd.policy_id, candidate_id=rnd.candidate_id, judge_id=judge_id,
         qualification=QualificationResult.model_validate(qualification.result_json) if qualification else None,
         judge_gate=judge_gate, people=people,
+        corrected_pass=corrected_pass(store, rnd, judge_id, labelled) if evaluation and judge_id else {},
         train_reason=train.reason if train else None, audit=train.audit.model_dump() if train and train.audit else None,
-        eval=stage_outcome(store, rnd, "eval", EvalOutcome),
+        eval=evaluation,
         history=[round_point(store, r) for r in store.rounds() if r.round_index <= round_index],
         steps=[StepMetrics(**m.model_dump(exclude={"run_id"})) for m in steps],
         chosen_lengths=[len(r.chosen_ids) for r in preferences], rejected_lengths=[len(r.rejected_ids) for r in preferences],
         examples=[ExamplePair(prompt=r.prompt, chosen=r.chosen_text, rejected=r.rejected_text, source=r.source,
                               confidence=r.confidence, rationale=r.rationale) for r in examples],
     )
+
+
+def corrected_pass(store: Store, rnd: RoundRow, judge_id: str, labelled: dict[str, tuple[list[str], list[str]]]
+                   ) -> dict[str, dict[str, Interval]]:
+    """Per judged principle with labelled pairs: both models' pass rates in the round's evaluation,
+    corrected for the judge's measured errors (evals/corrected.py)."""
+    pairs = store.pairs(rnd.round_id, "eval")
+    verdicts = store.verdicts([p.pair_id for p in pairs], judge_id, rnd.constitution_hash)
+    prompts = {pid: i for i, pid in enumerate(sorted({p.prompt_id for p in pairs}))}
+    out = {}
+    for principle, (judge_labels, people_labels) in labelled.items():
+        votes = [(prompts[p.prompt_id], v.votes_json[principle]) for p in pairs
+                 if (v := verdicts.get(p.pair_id)) is not None and v.status == "ok" and v.votes_json.get(principle) in ("a", "b", "tie")]
+        found = corrected_pass_rates(votes, judge_labels, people_labels, len(prompts), stable_int("corrected", principle) % 2**31)
+        if found is not None:
+            out[principle] = found
+    return out
 
 
 def stage_outcome(store: Store, rnd: RoundRow, stage: Stage, model: type[M]) -> M | None:

@@ -70,9 +70,9 @@ class ReviewConfig(_Section):
     min_kappa: float = Field(default=0.2, ge=-1, le=1, description="train only if Cohen's kappa judge vs humans is at least this")
     min_accuracy: float = Field(default=0.6, ge=0, le=1, description="... and their label agreement is at least this")
     session_ttl: int = Field(default=8 * 3600, gt=0, description="seconds a review page login lasts")
-    gold: list[str] = Field(default_factory=lambda: ["bundled:support"], description=(
+    gold: list[str] = Field(default_factory=list, description=(
         "gold sets (bundled:NAME or labels files): pairs people labelled per principle that measure the judge "
-        "before any spot-check; one labelled for another constitution is skipped"))
+        "before any spot-check (bundled:support for the bundled task); one labelled for another constitution is skipped"))
 
     def agreement_check(self, rows: Sequence[AgreementRow]) -> AgreementCheck:
         """The training gate on a round's judge-human agreement rows, with this section's bars."""

@@ -5,6 +5,8 @@ the policy; from it we make pairs whose right answer is known, and judge each in
 
 - violation: the answer + a neutral ending vs the answer + one of the principle's `violations` of
   about the same length. The intact answer ("a") must win that principle's vote.
+- woven: the answer vs the same answer with one of its sentences replaced by the violation, so a
+  judge cannot pass by spotting a sentence tacked on at the end.
 - off_topic (principles with `relevance: true`): the answer vs the answer to another prompt.
 - identical: the answer vs itself. Every model-judged vote must tie; a judge that leans to one slot
   shows it here directly (slot bias).
@@ -12,39 +14,49 @@ the policy; from it we make pairs whose right answer is known, and judge each in
 `split` picks which of each principle's violations are used: "qualify" (odd positions, held out:
 what the product stores and gates on) or "select" (even positions from 2 on, or 0 when there is
 none: for choosing a formulation). Position 0 is the one a few-shot judge is shown as an example.
+
+The unit of evidence is a violation text, not a pair: the cases built from one text share whatever
+makes that text easy or hard to see, so a principle's sensitivity interval is a bootstrap over its
+distinct texts, and a principle with fewer than MIN_VIOLATION_TEXTS held-out texts does not qualify
+(its votes may still count by agreement with people).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from constitution.loader import Constitution, Principle
 from judges.pointwise import Taught, neutral_endings
 from judges.verdict import OrderJudgment, PairText, combine_orders
 from stats.agreement import LabelAgreement
-from stats.intervals import wilson_interval
-from store.ids import stable_id
+from stats.intervals import Interval, cluster_weights, percentile_interval, weighted_means
+from store.ids import stable_id, stable_int
 
 Split = Literal["select", "qualify"]
-CaseKind = Literal["violation", "off_topic", "identical"]
-CASE_SET_VERSION = "qualification-cases-v2"  # bump when the way cases are built changes
+CaseKind = Literal["violation", "woven", "off_topic", "identical"]
+CASE_SET_VERSION = "qualification-cases-v3"  # bump when the way cases are built changes
+MIN_VIOLATION_TEXTS = 2
 
 
 class QualificationCase(BaseModel):
     kind: CaseKind
     principle_id: str | None  # None for identical pairs (they test every principle)
     pair: PairText            # text_a is the intact answer
+    evidence: str = ""        # the unit of evidence: the violation text (or the off-topic answer's prompt)
 
 
 class PrincipleQualification(BaseModel):
     n: int
     sensitivity: float          # share of pairs whose vote, both orders agreeing, went to the intact answer
-    sensitivity_low: float      # 95% Wilson interval
+    sensitivity_low: float      # 95% interval, a bootstrap over the distinct violation texts
     sensitivity_high: float
+    texts: int = 0              # distinct violation texts (or off-topic answers) behind it
     wrong: float                # both orders agreeing on the broken answer
     flip_rate: float            # the two orders gave opposite decisive votes: the vote followed the slot
     undecided: float            # everything that is not a decided vote (ties, n/a, disagreeing orders)
@@ -120,11 +132,15 @@ def build_cases(constitution: Constitution, answers: Sequence[tuple[str, str]], 
             if held:
                 violation = held[i % len(held)]
                 filler = _closest_length(neutral, len(violation))
-                cases.append(QualificationCase(kind="violation", principle_id=principle.id, pair=PairText(
+                cases.append(QualificationCase(kind="violation", principle_id=principle.id, evidence=violation, pair=PairText(
                     prompt=prompt, text_a=f"{answer} {filler}", text_b=f"{answer} {violation}")))
+                woven = _weave(answer, violation)
+                if woven is not None:
+                    cases.append(QualificationCase(kind="woven", principle_id=principle.id, evidence=violation,
+                                                   pair=PairText(prompt=prompt, text_a=answer, text_b=woven)))
             if principle.relevance:
                 other = answers[(i + 1) % len(answers)][1].strip()
-                cases.append(QualificationCase(kind="off_topic", principle_id=principle.id,
+                cases.append(QualificationCase(kind="off_topic", principle_id=principle.id, evidence=f"off-topic {i}",
                                                pair=PairText(prompt=prompt, text_a=answer, text_b=other)))
         cases.append(QualificationCase(kind="identical", principle_id=None,
                                        pair=PairText(prompt=prompt, text_a=answer, text_b=answer)))
@@ -135,6 +151,15 @@ def _half(principle: Principle, split: Split) -> list[str]:
     if split == "qualify":
         return principle.violations[1::2]
     return principle.violations[2::2] or principle.violations[:1]
+
+
+def _weave(answer: str, violation: str) -> str | None:
+    """The answer with its middle sentence replaced by the violation (None: fewer than two sentences)."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", answer) if s]
+    if len(sentences) < 2:
+        return None
+    sentences[len(sentences) // 2] = violation
+    return " ".join(sentences)
 
 
 def _closest_length(texts: Sequence[str], length: int) -> str:
@@ -155,6 +180,7 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
             judged: Sequence[OrderJudgment], set_id: str, split: Split, seconds: float) -> QualificationResult:
     model_principles = [p.id for p in constitution.principles if p.judged]
     outcomes: dict[str, list[str]] = {pid: [] for pid in model_principles}  # intact | broken | flip | undecided
+    units: dict[str, list[str]] = {pid: [] for pid in model_principles}     # each outcome's unit of evidence
     scores: dict[str, list[float]] = {pid: [] for pid in model_principles}
     same_vote = tested = 0
     slot_scores: list[float] = []
@@ -164,6 +190,7 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
         if ab.parse_status != "ok" or ba.parse_status != "ok":
             if case.principle_id is not None:
                 outcomes[case.principle_id].append("undecided")
+                units[case.principle_id].append(case.evidence)
             continue
         combined = combine_orders(ab, ba).votes
         tested_here = [case.principle_id] if case.principle_id else model_principles
@@ -180,6 +207,7 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
                 identical_ties += va.vote == "tie" and vb.vote == "tie"
                 continue
             scores[pid].append((va.score + vb.score) / 2)  # pair terms: > 0 favours a, the intact answer
+            units[pid].append(case.evidence)
             decided = combined.get(pid)
             if decided == "a":
                 outcomes[pid].append("intact")
@@ -194,9 +222,10 @@ def measure(judge_id: str, constitution: Constitution, cases: Sequence[Qualifica
         if not seen:
             continue
         n = len(seen)
-        low, high = wilson_interval(seen.count("intact") / n, n)
+        interval = _sensitivity_interval([x == "intact" for x in seen], units[pid], seed=stable_int("qualification", pid))
         principles[pid] = PrincipleQualification(
-            n=n, sensitivity=seen.count("intact") / n, sensitivity_low=low, sensitivity_high=high,
+            n=n, sensitivity=seen.count("intact") / n, sensitivity_low=interval.low, sensitivity_high=interval.high,
+            texts=len(set(units[pid])),
             wrong=seen.count("broken") / n, flip_rate=seen.count("flip") / n,
             undecided=(seen.count("undecided") + seen.count("flip")) / n,
             mean_score=sum(scores[pid]) / len(scores[pid]) if scores[pid] else 0.0)
@@ -214,6 +243,15 @@ class PeopleBars(BaseModel):
 
     min_reviewed: int   # labelled pairs of a principle from which people's labels decide it
     min_kappa: float    # ... it counts if kappa reaches this and its interval's lower end is above 0
+
+
+def _sensitivity_interval(hits: Sequence[bool], units: Sequence[str], seed: int) -> Interval:
+    """95% interval of the share of hits, by a bootstrap over the units of evidence (the violation texts)."""
+    names = sorted(set(units))
+    cluster = np.array([names.index(u) for u in units])
+    weights = np.concatenate([np.ones((1, len(names))), cluster_weights(len(names), seed, 2000)]).astype(np.float64)
+    replicates = weighted_means(np.array(hits, dtype=np.float64), cluster, weights)
+    return percentile_interval(float(replicates[0]), replicates[1:], 0.95, len(names))
 
 
 def gate(result: QualificationResult | None, constitution: Constitution, min_sensitivity: float,
@@ -249,6 +287,9 @@ def gate(result: QualificationResult | None, constitution: Constitution, min_sen
             out.unqualified[pid] = f"slot bias {result.slot_bias:+.2f} beyond {max_slot_bias:.2f} on identical answers"
         elif found is None:
             out.unqualified[pid] = "not tested (no violations in the constitution)"
+        elif found.texts < MIN_VIOLATION_TEXTS:
+            out.unqualified[pid] = (f"only {found.texts} held-out violation text: too few to tell (add violations to the "
+                                    "constitution, or label pairs)")
         elif found.sensitivity < min_sensitivity:
             out.unqualified[pid] = f"sensitivity {found.sensitivity:.0%} < {min_sensitivity:.0%}"
         else:

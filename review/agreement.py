@@ -59,11 +59,11 @@ def round_agreement(store: Store, round_id: str, judge_id: str, constitution_has
                              principle_labels(reviews), round_id, judge_id, constitution_hash)
 
 
-def agreement_with_people(store: Store, judge_id: str, constitution_hash: str,
-                          exclude: frozenset[str] = frozenset()) -> dict[str, LabelAgreement]:
-    """Per principle, the judge's agreement with what people said about that principle, on every pair
-    it judged that people labelled on it (spot-checks of any round, imported labels, gold sets),
-    except the pairs in `exclude` (those the judge was taught with)."""
+def labelled_votes(store: Store, judge_id: str, constitution_hash: str, exclude: frozenset[str] = frozenset()
+                   ) -> dict[str, tuple[list[str], list[str]]]:
+    """Per principle, (the judge's votes, people's labels) on every pair it judged that people labelled
+    on that principle (spot-checks of any round, imported labels, gold sets), except the pairs in
+    `exclude` (those the judge was taught with)."""
     said = {key: label for key, label in principle_labels(store.principle_reviews()).items() if key[0] not in exclude}
     verdicts = store.verdicts({pair_id for pair_id, _ in said}, judge_id, constitution_hash)
     groups: dict[str, tuple[list[str], list[str]]] = {}
@@ -74,7 +74,14 @@ def agreement_with_people(store: Store, judge_id: str, constitution_hash: str,
             judge_side, people_side = groups.setdefault(principle, ([], []))
             judge_side.append(vote)
             people_side.append(label)
-    return {principle: label_agreement(j, p, seed=stable_int("people", principle)) for principle, (j, p) in groups.items()}
+    return groups
+
+
+def agreement_with_people(store: Store, judge_id: str, constitution_hash: str,
+                          exclude: frozenset[str] = frozenset()) -> dict[str, LabelAgreement]:
+    """Per principle, the judge's agreement with what people said about that principle (`labelled_votes`)."""
+    return {principle: label_agreement(j, p, seed=stable_int("people", principle))
+            for principle, (j, p) in labelled_votes(store, judge_id, constitution_hash, exclude).items()}
 
 
 def labels_side_by_side(store: Store, judge_id: str, constitution_hash: str, exclude: frozenset[str] = frozenset()

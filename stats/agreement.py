@@ -1,6 +1,6 @@
 """Agreement between two labellers of the same pairs (a judge and people, or two judges), each label
-"a", "b" or "tie": accuracy, Cohen's kappa with a bootstrap interval over pairs, and the judge's
-error rates against people.
+"a", "b" or "tie": accuracy, Cohen's kappa with a bootstrap interval over pairs, the judge's error
+rates against people, and rates measured by the judge corrected for those errors.
 
 - true positive rate: of the pairs people call different (a or b), the share the judge decides the
   same way;
@@ -76,3 +76,27 @@ def label_agreement(judge: Sequence[str], people: Sequence[str], seed: int = 0) 
         n=n, accuracy=float((j == p).mean()), kappa=kappa, kappa_low=low, kappa_high=high,
         true_positive_rate=sum(x == y for x, y in differ) / len(differ) if differ else None,
         false_positive_rate=sum(x != "tie" for x in same) / len(same) if same else None)
+
+
+def detection_rates(judge: np.ndarray, people: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the event "reply x is the better one" (x = a or b, both counted): the judge's sensitivity
+    P(judge picks x | people pick x) and false positive rate P(judge picks x | people do not), in every
+    row of `weights` (B, n). judge, people: (n,) label indices (LABELS)."""
+    a, b, tie = range(len(LABELS))
+    hit = ((people != tie) & (judge == people)).astype(np.float64)                  # (n,)
+    positives = (people != tie).astype(np.float64)                                  # one chance per decided pair
+    # a people-tie gives two chances (x = a and x = b), a decided pair one (the reply people did not pick)
+    false = np.where(people == tie, (judge != tie), (judge != tie) & (judge != people)).astype(np.float64)
+    negatives = np.where(people == tie, 2.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ hit) / (weights @ positives), (weights @ false) / (weights @ negatives)
+
+
+def corrected_rate(observed: np.ndarray, sensitivity: np.ndarray, false_positive: np.ndarray) -> np.ndarray:
+    """The standard correction for an imperfect classifier (Rogan and Gladen): a judge that flags an
+    event with this sensitivity and false positive rate, and flags it on `observed` of the items,
+    implies a true rate of (observed - fpr) / (sensitivity - fpr), clipped to [0, 1]; undefined (nan)
+    when the judge flags it no more often where it holds than where it does not."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = (observed - false_positive) / (sensitivity - false_positive)
+    return np.where(sensitivity > false_positive, np.clip(rate, 0.0, 1.0), np.nan)

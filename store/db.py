@@ -596,6 +596,9 @@ class Store:
         return self._select(ReviewRow, "pair_id IN (SELECT pair_id FROM review_queue WHERE round_id = ?)", [round_id],
                             "created_at, review_id")
 
+    def reviews_of_pairs(self, pair_ids: Iterable[str]) -> list[ReviewRow]:
+        return self._select(ReviewRow, "pair_id IN (SELECT unnest(?))", [list(pair_ids)], "review_id")
+
     def principle_reviews(self) -> list[ReviewRow]:
         """Every label about one principle (not skips), of any round or gold set."""
         return self._select(ReviewRow, "principle IS NOT NULL AND winner <> 'skip'", [], "review_id")

@@ -155,3 +155,30 @@ def test_rounds_evaluated_before_intervals_still_read():
     outcome = EvalOutcome.model_validate(old)
     assert outcome.raw.estimate == 0.62 and outcome.lc.estimate == 0.46 and outcome.samples_per_prompt == 1
     assert outcome.decision.verdict == "undecided" and outcome.minimum_detectable is None
+
+
+def test_the_judge_error_correction_recovers_a_known_pass_rate():
+    """A judge that flags "reply x is better" with probability 0.8 where people say so and 0.2 where
+    they do not (one flag: that reply; none or both: a tie). On an evaluation where people would find
+    the candidate worse on 35% of the pairs, the judge's own count says otherwise; corrected with the
+    rates it shows on labelled pairs, the candidate's pass rate comes back to ~65%, inside the interval."""
+    from evals.corrected import corrected_pass_rates
+
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "tie"]
+
+    def judge_sees(truth: str) -> str:
+        picked = [x for x in ("a", "b") if rng.random() < (0.8 if truth == x else 0.2)]
+        return picked[0] if len(picked) == 1 else "tie"
+
+    people = list(rng.choice(labels, size=4000, p=[0.35, 0.35, 0.3]))                  # labelled pairs
+    judge = [judge_sees(t) for t in people]
+    prompts, k = 300, 4
+    truth = rng.choice(labels, size=prompts * k, p=[0.35, 0.35, 0.3])                  # the evaluation: a = the candidate
+    votes = [(i // k, judge_sees(t)) for i, t in enumerate(truth)]
+    observed_pass = np.mean([v != "b" for _, v in votes])
+    true_pass = np.mean(truth != "b")
+    corrected = corrected_pass_rates(votes, judge, people, prompts, seed=1)["candidate"]
+    assert abs(observed_pass - true_pass) > 0.05                                     # the judge alone is off ...
+    assert corrected.estimate == pytest.approx(true_pass, abs=0.04)                  # ... corrected, it is not
+    assert corrected.low < true_pass < corrected.high
