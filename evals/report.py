@@ -44,11 +44,14 @@ def render_html(report: Report) -> str:
     env = Environment(loader=PackageLoader("evals", "templates"), autoescape=select_autoescape(["html"]))
     return env.get_template("report.html").render(r=report, images=images, fmt=_fmt, ci=_ci, diff=_diff,
                                                   length_control_note=length_control_note, trust_note=trust_note,
-                                                  pct_ci=_pct_ci)
+                                                  pct_ci=_pct_ci, why=decision_explained(report))
 
 
 def render_markdown(report: Report) -> str:
     lines = [f"# rlaif round {report.round_index} ({report.status})", "", f"**Decision:** {report.decision}", ""]
+    why = decision_explained(report)
+    if why:
+        lines += [f"**In one sentence:** {why}", ""]
     ev = report.eval
     if ev is not None:
         lines += [f"## Candidate vs current policy ({ev.prompts} held-out prompts x {ev.samples_per_prompt} samples, "
@@ -118,6 +121,31 @@ def render_markdown(report: Report) -> str:
                   f"- chosen: {_one_line(ex.chosen)}", f"- rejected: {_one_line(ex.rejected)}",
                   f"- why: {_one_line(ex.rationale)}", ""]
     return "\n".join(lines) + "\n"
+
+
+def decision_explained(report: Report) -> str | None:
+    """The evaluation's decision in one sentence that reconciles its numbers: the raw record, what
+    length does to it, and what the principles that count say."""
+    ev = report.eval
+    if ev is None:
+        return None
+    verdict = {"promote": "promoted", "worse": "not promoted, the candidate is worse",
+               "vetoed": "not promoted, vetoed by a check", "undecided": "undecided, the current policy stays"}[ev.decision.verdict]
+    ratio = ev.candidate.mean_tokens / ev.baseline.mean_tokens - 1 if ev.baseline.mean_tokens else 0.0
+    length = (f"its replies are {abs(ratio):.0%} {'shorter' if ratio < 0 else 'longer'}, and " if abs(ratio) >= 0.05 else "")
+    lc = f"at equal length it wins {ev.lc.estimate:.2f} (95% CI {ev.lc.low:.2f}-{ev.lc.high:.2f})"
+    counted = set(report.judge_gate.qualified) if report.judge_gate else set()
+    relevant = {name: d for name, d in ev.differences.items()
+                if name in counted or ((d.high < 0 or d.low > 0) and name not in (report.judge_gate.unqualified if report.judge_gate else {}))}
+    ups = sorted(n for n, d in relevant.items() if d.estimate > 0.005)
+    downs = sorted(n for n, d in relevant.items() if d.estimate < -0.005)
+    still = sorted(set(relevant) - set(ups) - set(downs))
+    parts = ([f"gains on {', '.join(f'{n} ({relevant[n].estimate:+.0%})' for n in ups)}"] if ups else []) \
+        + ([f"loses on {', '.join(f'{n} ({relevant[n].estimate:+.0%})' for n in downs)}"] if downs else []) \
+        + ([f"no change on {', '.join(still)}"] if still else [])
+    principles = f"; on the principles that count it {'; '.join(parts)}" if parts else "; no principle that counts moved"
+    return (f"{verdict}: the candidate won {ev.wins} and lost {ev.losses} of {ev.n} pairs (raw {ev.raw.estimate:.2f}); "
+            f"{length}{lc}{principles}.")
 
 
 def trust_note(report: Report, principle: str) -> str:

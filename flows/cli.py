@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -15,10 +16,14 @@ import typer
 
 from constitution.loader import bundled_constitution_path
 from flows import cli_inspect
-from flows.cli_common import DB_OPTION, absolute_db, console, fail, guard, prefect_defaults
+from flows.cli_common import DB_OPTION, absolute_db, console, fail, guard, prefect_defaults, usable_store
 from flows.cli_judge import judge_app
 from flows.cli_review import review_app
 from flows.config import ConfigError, RoundConfig, checked_config, load_config
+
+# peft reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model in a LoRA
+# adapter; the FutureWarning is about peft's code, not ours, and says nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-judged preference tuning (RLAIF), one round at a time.")
 app.add_typer(judge_app, name="judge")
@@ -30,6 +35,7 @@ app.command("report")(cli_inspect.report)
 
 
 def _run(config: RoundConfig, round_index: Optional[int]) -> None:
+    usable_store(config.store)
     prefect_defaults()
     from flows.round import rlaif_round
     from flows.tables import summary_table
@@ -70,7 +76,7 @@ def loop(
     db: Optional[str] = DB_OPTION,
 ) -> None:
     """Run several rounds in one flow run (stops early at a round that waits for reviews)."""
-    checked_config(load_config(config), db)  # fail on bad input before Prefect starts
+    usable_store(checked_config(load_config(config), db).store)  # fail on bad input before Prefect starts
     prefect_defaults()
     from flows.loop import rlaif_loop
     from flows.tables import summary_table

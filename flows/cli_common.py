@@ -1,8 +1,9 @@
 """What every `rlaif` command shares: the consoles, the error rule, the store rule.
 
-Errors: bad input (config, constitution, prompts, probes, a review) is one line and exit code 2;
-a store that cannot be used, a judge that may not judge, a judge server that will not start is one
-line and exit code 1. The store: `--db` (a DuckDB file or `ducklake:<catalog>`) if given, else the
+Errors: bad input (config, constitution, prompts, probes, a review, labels, a store path that is a
+directory or missing, a store another process holds) is one line and exit code 2; a store that fails
+while in use, a judge that may not judge, a judge server that will not start is one line and exit
+code 1. The store: `--db` (a DuckDB file or `ducklake:<catalog>`) if given, else the
 store of `--config` if given, else ./rlaif.duckdb.
 """
 
@@ -26,7 +27,7 @@ from judges.server import JudgeServerError
 from prompts.loader import PromptError
 from review.imports import LabelFileError
 from review.session import ReviewError
-from store.db import Store, StoreError
+from store.db import LATEST_SCHEMA, Store, StoreError, StoreUnavailable
 from store.location import LAKE_PREFIX, StoreLocation, parse_location
 from store.rows import RoundRow
 
@@ -50,7 +51,8 @@ def guard(fn: F) -> F:
     def command(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, LabelFileError, FileNotFoundError) as exc:
+        except (ConfigError, ConstitutionError, PromptError, ProbeError, ReviewError, LabelFileError, FileNotFoundError,
+                StoreUnavailable) as exc:
             fail(str(exc), 2)
         except (StoreError, JudgeNotQualified, JudgeServerError) as exc:
             fail(str(exc), 1)
@@ -74,9 +76,19 @@ def absolute_db(db: Optional[str]) -> Optional[str]:
     return db if db.startswith(LAKE_PREFIX) else str(Path(db).resolve())
 
 
+def usable_store(location: StoreLocation) -> None:
+    """Fail now, in one line, if a round could not write to the store (a directory, another process
+    holding the file), rather than from inside a flow run."""
+    Store(location).close()
+
+
 def existing_store(location: StoreLocation, read_only: bool = False) -> Store:
-    """Open a store that must already exist (a round has run), for reading or for a small write."""
-    Store(location, read_only=True).close()  # fails with "no such ..." rather than creating an empty store
+    """Open a store that must already exist (a round has run), for reading or for a small write. A
+    store written by an older rlaif is brought to the current schema first (one read-write open)."""
+    with Store(location, read_only=True) as found:  # fails with "no such ..." rather than creating an empty store
+        behind = found.schema_version() < LATEST_SCHEMA
+    if behind:
+        Store(location).close()
     return Store(location, read_only=read_only)
 
 

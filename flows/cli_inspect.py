@@ -26,15 +26,28 @@ from flows.tables import (
     qualification_table,
     status_table,
 )
-from judges.qualification import QualificationResult
+from judges.qualification import QualificationGate, QualificationResult
 from store.db import Store, StoreError
 from store.rows import JudgeQualificationRow, RoundRow
 
 
-def print_qualifications(rows: list[JudgeQualificationRow]) -> None:
-    """Every given judge qualification: per principle, the share of known-answer pairs it got right."""
+def print_qualifications(rows: list[JudgeQualificationRow], gates: dict[str, QualificationGate] | None = None) -> None:
+    """Every given judge qualification: per principle, the share of known-answer pairs it got right,
+    and (`gates`, by judge id: the latest round of that judge) whether the principle counted."""
     for row in rows:
-        console.print(qualification_table(QualificationResult.model_validate(row.result_json)))
+        console.print(qualification_table(QualificationResult.model_validate(row.result_json), (gates or {}).get(row.judge_id)))
+
+
+def round_gates(store: Store, rounds: list[RoundRow]) -> dict[str, QualificationGate]:
+    """judge id -> the gate of the latest round judged by it (what `counts?` means in its tables)."""
+    from evals.report_data import stage_outcome
+
+    gates = {}
+    for rnd in rounds:
+        gate = stage_outcome(store, rnd, "qualify", QualificationGate) if rnd.judge_id else None
+        if gate is not None and rnd.judge_id is not None:
+            gates[rnd.judge_id] = gate
+    return gates
 
 
 def print_judge_stats(store: Store, rnd: RoundRow) -> None:
@@ -95,10 +108,10 @@ def status(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION
         console.print(status_table(store.name, lines))
         if any(line.point.lc_win_rate is not None for line in lines):
             console.print(evaluations_table([line.point for line in lines]))
-        for r in rounds:  # the reasons are sentences: printed in full, not squeezed into a column
+        for r in rounds:  # the reasons are sentences: printed in full, wrapped at the terminal's width
             console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
-                          highlight=False, soft_wrap=True)
-        print_qualifications(store.qualifications())
+                          highlight=False)
+        print_qualifications(store.qualifications(), round_gates(store, rounds))
         latest = store.agreement(rounds[-1].round_id) if rounds else []
         if latest:
             console.print(agreement_table(rounds[-1].round_index, latest))

@@ -70,7 +70,7 @@ def serve(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION,
     def on_round_done(store: Store, round_index: int) -> None:
         release(store, round_index, "the review queue was finished")
     web = create_app(opener_for_requests(location), constitution, reviews_per_pair=settings.reviews_per_pair,
-                     on_round_done=on_round_done, session_ttl_s=settings.session_ttl)
+                     on_round_done=on_round_done, session_ttl_s=settings.session_ttl, hosts=[host])
     console.print(f"review page on http://{host}:{port}/ (log in with a token from `rlaif review add-reviewer`)")
     uvicorn.run(web, host=host, port=port, log_level="warning")
 

@@ -175,7 +175,7 @@ def load_config(path: str | Path) -> RoundConfig:
     try:
         config = RoundConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{path}: {format_validation_error(exc, model=RoundConfig)}") from None
     return _resolve_paths(config, path.parent)
 
 

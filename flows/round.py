@@ -12,9 +12,14 @@ stages it finished, continues the one it was in, and inserts nothing twice.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Literal
 
+import psutil
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import Pause
@@ -85,12 +90,14 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         if flow_run.id is not None:  # who works on the round: the loop counts its rounds by it, a release resumes it
             store.set_flow_run(rnd.round_id, str(flow_run.id))
         ctx = RoundContext(store, config, constitution, prompts, rnd, set_threads(config.runtime.threads))
+        for note in prompt_shortfalls(config, prompts):
+            logger.warning(note)
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads, stages %s",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, ctx.threads,
                     "in this process" if config.workers is None else "on Prefect workers")
         try:
             # with workers, each stage that judges starts the judge server where it runs
-            with judge_server(config) if config.workers is None else nullcontext():
+            with stop_on_sigterm(rnd.round_index), judge_server(config) if config.workers is None else nullcontext():
                 summary = run_round(ctx)
         except Pause:  # suspended at the review gate: the status says so; a resumed run starts over
             raise
@@ -138,6 +145,49 @@ def run_round(ctx: RoundContext) -> RoundSummary:
 
 
 # ---- round bookkeeping --------------------------------------------------------------------------
+
+@contextmanager
+def stop_on_sigterm(round_index: int) -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`, a cancelled deployment) stops the round at once, as a kill
+    would: what the round committed stays in the store, the round stays "running", and `rlaif round`
+    resumes it. It says so in one line; the processes it started (vLLM engines, a judge server,
+    Prefect's temporary server) are killed with it. Replaces Prefect's handler, which unwinds the
+    whole flow (minutes, and a traceback) before the process exits."""
+    def stop(signum: int, frame: object) -> None:
+        print(f"rlaif: stopped by SIGTERM in round {round_index}; what it stored is kept, and `rlaif round` resumes it",
+              file=sys.stderr, flush=True)
+        for child in psutil.Process().children(recursive=True):
+            with suppress(psutil.Error):
+                child.kill()
+        os._exit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def prompt_shortfalls(config: RoundConfig, prompts: list[Prompt]) -> list[str]:
+    """What the round will do differently because the prompt file has fewer prompts than the config asks for."""
+    train = sum(p.split == "train" for p in prompts)
+    heldout = sum(p.split == "heldout" for p in prompts)
+    notes = []
+    if train < config.prompts.train_per_round:
+        notes.append(f"prompts.train_per_round is {config.prompts.train_per_round} but {config.prompts.source} has {train} "
+                     f"train prompts: every round samples all {train}, the same ones each round")
+    if heldout < config.prompts.heldout:
+        notes.append(f"prompts.heldout is {config.prompts.heldout} but {config.prompts.source} has {heldout} held-out "
+                     f"prompts: the candidate is evaluated on those {heldout}")
+    if heldout < config.judge.qualification_prompts and config.judge.qualify:
+        notes.append(f"judge.qualification_prompts is {config.judge.qualification_prompts} but there are {heldout} "
+                     f"held-out prompts: the judge's qualification is built from those {heldout}")
+    return notes
+
 
 def begin_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
                 round_index: int | None) -> RoundRow:

@@ -357,8 +357,9 @@ def judge_round(store: Store, judge: PairwiseJudge, constitution: Constitution, 
 def route_for_review(store: Store, config: RoundConfig, rnd: RoundRow, pairs, prompts: list[Prompt], verdicts) -> int:
     tags = {p.prompt_id: p.tags for p in prompts}
     to_route = [PairToRoute(pair_id=p.pair_id, tags=tags.get(p.prompt_id, []), verdict=verdicts[p.pair_id]) for p in pairs]
-    queue = route_spot_checks(to_route, config.routing, rnd.round_id, rnd.seed)
-    store.append(queue)
+    routed = route_spot_checks(to_route, config.routing, rnd.round_id, rnd.seed)
+    store.append(routed.queue)
+    get_run_logger().info("spot-checks: %s", routed.describe(len(pairs)))
     return len(store.review_queue(rnd.round_id))
 
 

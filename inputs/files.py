@@ -3,12 +3,14 @@ YAML 1.2 booleans, and pydantic errors as one line naming each field."""
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -45,13 +47,45 @@ def read_yaml_mapping(path: Path, error: type[Exception], what: str, expected: s
     return data
 
 
-def format_validation_error(exc: ValidationError, principle_names: dict[int, str] | None = None) -> str:
-    """One line per problem: `field.path: message` (a principle named by its id where known)."""
+def format_validation_error(exc: ValidationError, principle_names: dict[int, str] | None = None,
+                            model: type[BaseModel] | None = None) -> str:
+    """One line per problem: `field.path: message` (a principle named by its id where known); an
+    unknown key of `model` comes with the closest known one ("did you mean ...?")."""
     lines = []
     for err in exc.errors():
         loc = list(err["loc"])
+        hint = ""
+        if err["type"] == "extra_forbidden" and model is not None and loc:
+            known = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known or [], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
         if principle_names and len(loc) >= 2 and loc[0] == "principles" and loc[1] in principle_names:
             loc[:2] = [f"principles[{principle_names[loc[1]]}]"]
         where = ".".join(str(part) for part in loc) or "(top level)"
-        lines.append(f"{where}: {err['msg']}")
+        lines.append(f"{where}: {err['msg']}{hint}")
     return "; ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], path: list) -> list[str] | None:
+    """The field names of the model found at `path` inside `model` (list indexes skipped), if any."""
+    current = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part))
+        found = _model_in(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        current = found
+    return list(current.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (directly, or inside Optional / list / dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -47,23 +47,31 @@ def load_prompts(source: str | Path) -> list[Prompt]:
     if not path.is_file():
         raise PromptError(f"{path}: prompt file not found")
     text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
+    yaml_file = path.suffix in (".yaml", ".yml")
+    if yaml_file:
+        try:
             records = load_yaml(text) or []
-            if not isinstance(records, list):
-                raise PromptError(f"{path}: expected a list of prompts")
-            numbered = list(enumerate(records, start=1))
-        else:
-            numbered = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise PromptError(f"{path}: not valid JSONL/YAML: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise PromptError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(records, list):
+            raise PromptError(f"{path}: expected a list of prompts")
+        numbered = list(enumerate(records, start=1))
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     prompts = []
     for number, record in numbered:
         try:
             prompts.append(Prompt.model_validate({**record, "source": source_name}) if isinstance(record, dict) else Prompt.model_validate(record))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise PromptError(f"{path}: prompt {number}: {problems}") from None
+            raise PromptError(f"{path}: {'prompt' if yaml_file else 'line'} {number}: {problems}") from None
     if not prompts:
         raise PromptError(f"{path}: no prompts")
     return prompts

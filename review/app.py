@@ -19,7 +19,11 @@ Security choices, because model text is untrusted and labels become training dat
   * SameSite does not separate ports (every 127.0.0.1 port is the same site), so every
     state-changing request must come from this origin (`Sec-Fetch-Site`, `Origin`), and with a
     cookie it must carry the session's CSRF token, which only this origin's pages contain;
-  * the pair a label is for must be the one shown to that reviewer, in the order the server chose.
+  * the pair a label is for must be the one shown to that reviewer, in the order the server chose;
+  * requests must name this server in their Host header (the loopback names and the bound host), so a
+    web page whose domain an attacker points at 127.0.0.1 (DNS rebinding) is refused;
+  * a rationale over 4000 characters is refused with a message, never cut silently;
+  * a browser that disconnects mid-request is logged in one quiet line, not as an error.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from constitution.loader import Constitution
 from review import session
@@ -237,6 +243,12 @@ def _add_error_pages(app: FastAPI) -> None:
         return page("error.html", 503, title="Database busy", message=f"{exc} Nothing was stored; try again later.",
                     back=back)
 
+    @app.exception_handler(ClientDisconnect)
+    def gone(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("%s %s: the client disconnected before its request was read; nothing was stored", request.method,
+                 request.url.path)
+        return Response(status_code=400)  # no one is there to read it
+
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return page("error.html", exc.status_code, title="Error", message=str(exc.detail), back="/")
@@ -249,11 +261,13 @@ def create_app(
     reviews_per_pair: int = 1,
     on_round_done: Callable[[Store, int], None] = lambda store, round_index: None,
     session_ttl_s: int = 8 * 3600,
+    hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The review site; `open_store()` opens the Store for one request.
 
     `on_round_done(store, round_index)` is called with the request's store when a label completes a
     round's queue: every queued pair has `reviews_per_pair` labels. A login lasts `session_ttl_s`.
+    `hosts`: names the page is reached by besides the loopback ones (the address it is bound to).
     """
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()
@@ -263,7 +277,8 @@ def create_app(
     def connected() -> Iterator[Store]:
         with lock, open_store() as store:
             yield store
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", *hosts])
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so even a refused Host gets the headers
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_error_pages(app)
 

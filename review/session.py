@@ -18,12 +18,13 @@ from typing import Literal
 from pydantic import BaseModel
 
 from review.labels import review_id
-from review.text_safety import hidden_characters, name_skeleton, scripts
+from review.text_safety import hidden_characters, look_alike, scripts
 from store.db import Store
 from store.ids import stable_int
 from store.rows import CompletionRow, PairRow, PromptRow, ReviewerRow, ReviewRow, ReviewSessionRow, RoundRow, utcnow
 
 Choice = Literal["left", "right", "tie", "skip"]
+MAX_RATIONALE = 4000  # characters
 
 
 class ReviewError(ValueError):
@@ -53,7 +54,7 @@ def add_reviewer(store: Store, name: str) -> str:
             raise ReviewError(f"reviewer {name!r} already exists")
         store.reissue_reviewer_token(name, token_sha256(token))
         return token
-    twin = next((r.reviewer_id for r in store.reviewers() if name_skeleton(r.reviewer_id) == name_skeleton(name)), None)
+    twin = next((r.reviewer_id for r in store.reviewers() if look_alike(r.reviewer_id, name)), None)
     if twin is not None:
         raise ReviewError(f"reviewer name {name!r} looks like the existing reviewer {twin!r}: choose another")
     store.append([ReviewerRow(reviewer_id=name, token_sha256=token_sha256(token))])
@@ -200,10 +201,14 @@ def record_review(store: Store, round_index: int, reviewer: str, pair_id: str, c
     order = shown_order(pair_id, reviewer)
     if shown is not None and shown != order:
         raise ReviewError(f"shown_order {shown!r} is not the order pair {pair_id!r} was shown to you in")
+    rationale = (rationale or "").strip()
+    if len(rationale) > MAX_RATIONALE:
+        raise ReviewError(f"the rationale is {len(rationale)} characters long; the limit is {MAX_RATIONALE}: nothing "
+                          "was stored, shorten it and submit again")
     left, right = ("a", "b") if order == "ab" else ("b", "a")
     winner = {"left": left, "right": right, "tie": "tie", "skip": "skip"}[choice]
     row = ReviewRow(review_id=review_id(pair_id, reviewer), pair_id=pair_id, reviewer=reviewer,
-                    winner=winner, rationale=(rationale or "").strip()[:4000] or None, shown_order=order)
+                    winner=winner, rationale=rationale or None, shown_order=order)
     decided_by = [] if principle is None or winner == "skip" else [
         row.model_copy(update={"review_id": review_id(pair_id, reviewer, principle), "principle": principle})]
     store.append([row, *decided_by])

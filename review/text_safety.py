@@ -2,30 +2,36 @@
 
 Model output is untrusted. Escaping stops it from running code, but a bidirectional override
 (U+202E) can still reorder what a reviewer reads ("refund" shown where "dnufer" is stored), and
-zero-width characters can hide a difference between two answers. The page shows each such
-character as a visible marker and flags the pair. Reviewer names are checked for look-alikes of
-existing names (Cyrillic "а" for Latin "a", "1" for "l"), so the name on a label says who gave it.
+invisible characters can hide a difference between two answers. The page shows each such character
+as a visible marker and flags the pair. What is invisible is decided by Unicode's own data, not a
+hand list: control, format, private-use, unassigned and line/paragraph-separator characters, every
+Default_Ignorable_Code_Point (variation selectors, Hangul fillers, tags ...), and the blank
+"filler" letters that render as nothing. Newlines and tabs are ordinary text.
+
+Reviewer names are compared by what they look like: the Unicode confusables skeleton (UTS #39,
+from ICU) of the name folded for case, accents and punctuation, so "ɑlice", "alıce", "aIice",
+"Alice.", "alíce" or "ａｌｉｃｅ" cannot pass for an existing "alice".
 """
 
 from __future__ import annotations
 
 import unicodedata
 
+import icu
 from pydantic import BaseModel
 
-# Bidirectional controls (embeddings, overrides, isolates, marks) and zero-width or otherwise
-# invisible format characters. Unicode "tag" characters (U+E0000-U+E007F) are matched by range.
-HIDDEN_CHARACTERS: frozenset[str] = frozenset(
-    "\u202a\u202b\u202c\u202d\u202e"      # LRE RLE PDF LRO RLO
-    "\u2066\u2067\u2068\u2069"            # LRI RLI FSI PDI
-    "\u200e\u200f\u061c"                  # LRM RLM ALM
-    "\u200b\u200c\u200d\u2060\ufeff"      # zero width space, non-joiner, joiner, word joiner, BOM
-    "\u180e\u00ad\u2061\u2062\u2063\u2064"  # Mongolian vowel separator, soft hyphen, invisible operators
-)
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+_ORDINARY = frozenset("\n\t\r")
+_SPOOF = icu.SpoofChecker()
 
 
 def is_hidden(char: str) -> bool:
-    return char in HIDDEN_CHARACTERS or 0xE0000 <= ord(char) <= 0xE007F
+    """Whether `char` renders as nothing (or moves text around) on a reviewer's screen."""
+    if char in _ORDINARY:
+        return False
+    return (unicodedata.category(char) in _INVISIBLE_CATEGORIES
+            or icu.Char.hasBinaryProperty(char, icu.UProperty.DEFAULT_IGNORABLE_CODE_POINT)
+            or unicodedata.name(char, "").endswith(("BLANK", "FILLER")))  # e.g. U+2800 BRAILLE PATTERN BLANK
 
 
 class Segment(BaseModel):
@@ -57,24 +63,23 @@ def hidden_characters(text: str) -> list[str]:
 
 
 # ---- names ----------------------------------------------------------------------------------------
-# Letters of other scripts that render like Latin letters, and digits that pass for letters. Not
-# Unicode's whole confusables table: the look-alikes a reviewer name would plausibly be forged with.
-_LOOKALIKES = str.maketrans({
-    # Cyrillic
-    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k", "м": "m",
-    "н": "h", "о": "o", "р": "p", "с": "c", "ѕ": "s", "т": "t", "у": "y", "х": "x", "ԁ": "d", "ԛ": "q",
-    "ԝ": "w", "ӏ": "l", "ɡ": "g",
-    # Greek
-    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t",
-    "υ": "u", "χ": "x", "ω": "w",
-    # digits and marks
-    "0": "o", "1": "l", "|": "l", "5": "s",
-})
+
+def name_skeletons(name: str) -> set[str]:
+    """What a name looks like: compatibility forms folded, accents and everything but letters and
+    digits dropped, then the UTS #39 confusables skeleton (look-alike letters and digits mapped to one
+    prototype), once as typed and once case-folded: capital I passes for l only before folding, and
+    ALICE for alice only after."""
+    def skeleton(text: str) -> str:
+        kept = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c)[0] in "LN")
+        return _SPOOF.getSkeleton(0, kept).casefold()
+
+    compatible = unicodedata.normalize("NFKC", name)
+    return {skeleton(compatible), skeleton(compatible.casefold())}
 
 
-def name_skeleton(name: str) -> str:
-    """What a name looks like: NFKC-normalised, case-folded, look-alike letters mapped to Latin."""
-    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKES)
+def look_alike(name: str, other: str) -> bool:
+    """Whether two names are too alike for a reader to tell apart."""
+    return bool(name_skeletons(name) & name_skeletons(other))
 
 
 def scripts(name: str) -> set[str]:

@@ -71,6 +71,11 @@ class StoreError(RuntimeError):
     """The database could not be opened or used (message says which store and why)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's location is wrong (a directory, a missing database) or another process holds it:
+    bad input for a command, not a failure of the store."""
+
+
 def _migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) for every `NNN_name.sql` shipped in store/migrations, in order."""
     found = []
@@ -79,6 +84,9 @@ def _migrations() -> list[tuple[int, str, str]]:
             version, _, name = entry.name.removesuffix(".sql").partition("_")
             found.append((int(version), name, entry.read_text()))
     return sorted(found)
+
+
+LATEST_SCHEMA = _migrations()[-1][0]  # the schema version this code reads and writes
 
 
 @cache
@@ -137,10 +145,16 @@ class Store:
         self.name = self.location.describe()
         self._activity = ""  # what this process is doing with the file (see note())
         if not self.lake:
+            if self.location.file.is_dir():
+                raise StoreUnavailable(f"{self.name} is a directory, not a DuckDB file (give a file path, e.g. "
+                                       f"{self.location.file / 'rlaif.duckdb'})")
             if read_only and not self.location.file.exists():
-                raise StoreError(f"{self.name}: no such database (run a round first)")
+                raise StoreUnavailable(f"{self.name}: no such database (run a round first)")
             if not read_only:
-                self.location.file.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.location.file.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreUnavailable(f"{self.name}: cannot create its folder ({exc.strerror})") from None
         self.con = self._connect()
         if not read_only:
             self._migrate()
@@ -156,7 +170,7 @@ class Store:
         try:
             con = duckdb.connect(str(self.location.file), read_only=self.read_only)
         except duckdb.IOException as exc:
-            raise StoreError(self._in_use_message(exc)) from exc
+            raise StoreUnavailable(self._in_use_message(exc)) from exc
         if not self.read_only:
             self._write_holder()
         return con

@@ -80,7 +80,38 @@ def test_init_writes_a_config_that_loads_and_refuses_to_overwrite(tmp_path):
 
 def test_status_without_a_database_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["status", "--db", str(tmp_path / "none.duckdb")])
-    assert result.exit_code == 1 and "no such database" in result.output
+    assert result.exit_code == 2 and "no such database" in result.output
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stdout + done.stderr
+    return lines[0]
+
+
+def test_every_bad_store_path_exits_2_with_one_line_and_no_traceback(tmp_path):
+    """--db a directory, a missing database, a file another process holds: one line, exit 2, for the
+    commands that read and for a round (which checks before Prefect starts)."""
+    (tmp_path / "a-folder").mkdir()
+    config = tmp_path / "rlaif.yaml"
+    config.write_text("prompts: {train_per_round: 2, heldout: 1}\n")
+    for args in (["status", "--db", str(tmp_path / "a-folder")], ["round", "--config", str(config), "--db", str(tmp_path / "a-folder")]):
+        done = run_rlaif(*args, cwd=tmp_path)
+        assert done.returncode == 2 and "a-folder is a directory, not a DuckDB file" in one_error_line(done)
+    done = run_rlaif("report", "1", "--db", str(tmp_path / "missing.duckdb"), cwd=tmp_path)
+    assert done.returncode == 2 and "no such database" in one_error_line(done)
+    held = tmp_path / "held.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from store.db import Store; s = Store(sys.argv[1]); "
+                               "s.note('testing'); print('ready', flush=True); time.sleep(60)", str(held)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for args in (["status", "--db", str(held)], ["round", "--config", str(config), "--db", str(held)]):
+            done = run_rlaif(*args, cwd=tmp_path)
+            assert done.returncode == 2 and f"is in use by PID {holder.pid}" in one_error_line(done) and "testing" in done.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow

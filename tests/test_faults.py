@@ -145,3 +145,55 @@ def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_roun
             assert set(verdicts) == {p.pair_id for p in pairs}, purpose  # every pair has a verdict ...
             assert {v.status for v in verdicts.values()} <= {"ok", "invalid", "error"}  # ... judged, or recorded as not
             assert sum(v.status == "ok" for v in verdicts.values()) > len(pairs) / 2  # retries recovered most
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_round_within_10_s_in_one_line_and_the_rerun_ends_as_an_uninterrupted_round(
+        prefect_harness, fault_config, tmp_path):
+    """`rlaif round` with its output in a pipe (as under cron): progress comes as lines while a stage
+    runs; SIGTERM during training stops it within 10 s with one line, takes its child processes with
+    it, and the rerun resumes to the same tables as a round never interrupted."""
+    import threading
+
+    import psutil
+
+    reference_db = tmp_path / "reference.duckdb"
+    run_round(fault_config, reference_db)
+    with Store(reference_db, read_only=True) as store:
+        reference = store.primary_keys()
+
+    db = tmp_path / "stopped.duckdb"
+    process = subprocess.Popen([RLAIF, "round", "--config", str(fault_config), "--db", str(db)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={**rlaif_env(), "RLAIF_PROGRESS_EVERY": "0.2"})
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: [lines.append((time.monotonic(), line)) for line in process.stderr], daemon=True)
+    reader.start()
+
+    def training_underway() -> bool:  # a progress line of the training stage, with steps still to go
+        for _, line in lines:
+            if "| progress | DPO training steps:" in line:
+                done, total = line.split("DPO training steps: ")[1].split(",")[0].split("/")
+                if 0 < int(done) < int(total):
+                    return True
+        return False
+
+    deadline = time.monotonic() + 300
+    while not training_underway():
+        assert process.poll() is None and time.monotonic() < deadline, "no progress line came while training ran"
+        time.sleep(0.05)
+    children = psutil.Process(process.pid).children(recursive=True)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    stopped = time.monotonic() - sent
+    reader.join(timeout=5)
+    after = [line.strip() for at, line in lines if at >= sent and line.strip()]
+    assert stopped < 10 and process.returncode == 128 + signal.SIGTERM, (stopped, process.returncode)
+    assert after == ["rlaif: stopped by SIGTERM in round 1; what it stored is kept, and `rlaif round` resumes it"], after
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    with Store(db, read_only=True) as store:
+        assert store.rounds()[0].status == "running"
+
+    run_round(fault_config, db)
+    with Store(db, read_only=True) as store:
+        assert store.primary_keys() == reference

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from scripted_judges import ScriptedJudge, always
+from scripted_judges import ScriptedJudge
 from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 

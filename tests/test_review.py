@@ -7,7 +7,6 @@ import random
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from stats.agreement import cohen_kappa
 from review.agreement import check_agreement, measure_agreement
 from review.labels import human_labels
 from review.session import (
@@ -23,6 +22,7 @@ from review.session import (
     undo_last,
 )
 from review.text_safety import hidden_characters, visible_segments
+from stats.agreement import cohen_kappa
 from store.db import Store
 from store.rows import PairRecord, ReviewQueueRow, ReviewRow, RoundRow
 from training.data import select_preferences
@@ -196,4 +196,25 @@ def test_rlaif_review_revoke(tmp_path):
     unknown = CliRunner().invoke(app, ["review", "revoke", "mallory", "--db", str(db)])
     assert unknown.exit_code == 2 and "no reviewer 'mallory'" in unknown.output
     missing = CliRunner().invoke(app, ["review", "revoke", "alice", "--db", str(tmp_path / "none.duckdb")])
-    assert missing.exit_code == 1 and not (tmp_path / "none.duckdb").exists()
+    assert missing.exit_code == 2 and not (tmp_path / "none.duckdb").exists()
+
+
+@pytest.mark.parametrize("name", [
+    "ɑlice",         # LATIN SMALL LETTER ALPHA for a ("script a")
+    "alıce",         # dotless i
+    "alíce",         # an accented letter
+    "alicé",
+    "aIice",         # capital I for l
+    "a1ice",         # digit 1 for l
+    "ALICE",         # case
+    "alice.",        # trailing punctuation
+    "al-ice",
+    "ａｌｉｃｅ",    # fullwidth compatibility forms
+    "аlice",         # Cyrillic a
+])
+def test_look_alikes_of_an_existing_reviewer_are_refused(tmp_path, name):
+    with Store(tmp_path / "r.duckdb") as store:
+        add_reviewer(store, "alice")
+        with pytest.raises(ReviewError, match="looks like the existing reviewer 'alice'|mixes scripts|'alice' already exists"):
+            add_reviewer(store, name)
+        assert add_reviewer(store, "alina")  # a different name is fine

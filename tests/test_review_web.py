@@ -158,8 +158,10 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
     page.evaluate("document.activeElement.blur()")
 
     expected = []  # (pair_id, shown_order, winner in a/b terms, rationale)
-    steps = [("1", None), ("2", "shorter, and it says what happens next"), ("3", None)]
-    for key, rationale in steps:
+    decided_by = []  # (pair_id, principle, winner)
+    # the choice; then, optionally, the number of the principle that decided it; then the rationale
+    steps = [("1", None, None), ("2", "2", "shorter, and it says what happens next"), ("3", None, None)]
+    for key, principle_key, rationale in steps:
         pair_id = page.input_value("input[name=pair_id]")
         left, right = page.inner_text("#response-1"), page.inner_text("#response-2")
         i, left_side = pair_index(site, left)
@@ -167,9 +169,13 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
         assert f"Prompt {i}" == page.inner_text("#prompt-text")
 
         page.keyboard.press(key)
-        assert page.evaluate("document.activeElement.id") == "rationale"
         selected = page.locator("button.choice.selected")
         assert selected.count() == 1 and selected.inner_text().startswith(f"{key}:")
+        if principle_key:  # a digit right after the choice names a principle, then the rationale box has the focus
+            page.keyboard.press(principle_key)
+            assert page.evaluate("document.activeElement.id") == "rationale"
+            principle = load_constitution("bundled:support").principles[int(principle_key) - 1].id
+            assert page.input_value("#principle") == principle
         if rationale:
             # 's' and 'u' typed here are text, not skip/undo; Shift+Enter is a newline.
             page.keyboard.type(rationale)
@@ -181,6 +187,8 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
         right_side = "b" if left_side == "a" else "a"
         winner = {"1": left_side, "2": right_side, "3": "tie"}[key]
         expected.append((pair_id, "ab" if left_side == "a" else "ba", winner, rationale))
+        if principle_key:
+            decided_by.append((pair_id, principle, winner))
 
     assert "Queue done" in page.inner_text("body")
     assert "3 / 3 this round" in page.inner_text("body")
@@ -190,9 +198,10 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
     with page.expect_navigation():
         page.keyboard.press("u")
 
-    stored = sorted((r.pair_id, r.shown_order, r.winner, r.rationale) for r in site.reviews("alice"))
+    stored = sorted((r.pair_id, r.shown_order, r.winner, r.rationale) for r in site.reviews("alice") if r.principle is None)
     assert stored == sorted(expected[:2])
-    assert len(site.reviews()) == 2
+    assert [(r.pair_id, r.principle, r.winner) for r in site.reviews("alice") if r.principle] == decided_by
+    assert len(site.reviews()) == 3  # two overall labels, and the principle label stored with one of them
     # The undone pair is offered again.
     assert page.input_value("input[name=pair_id]") == expected[2][0]
     body = page.inner_text("body")
@@ -201,7 +210,7 @@ def test_keyboard_labelling_and_undo(make_site, page: Page):
     # 's' skips at once: stored as a skip, not a label.
     with page.expect_navigation():
         page.keyboard.press("s")
-    skipped = [r for r in site.reviews("alice") if r.pair_id == expected[2][0]]
+    skipped = [r for r in site.reviews("alice") if r.pair_id == expected[2][0] and r.principle is None]
     assert [r.winner for r in skipped] == ["skip"]
     assert "Queue done" in page.inner_text("body")
 
@@ -529,3 +538,53 @@ def test_bidi_overrides_and_zero_width_characters_are_shown_and_the_pair_flagged
     assert "[U+202E RIGHT-TO-LEFT OVERRIDE]05$[U+202C POP DIRECTIONAL FORMATTING]" in shown
     assert "\u202e" not in shown and "\u200b" not in page.inner_text("#prompt-text")
     assert page.locator(".text .hidden-char").count() == 3
+
+
+@pytest.mark.parametrize("char", [
+    "\u3164",      # HANGUL FILLER (a letter that renders as nothing; Default_Ignorable)
+    "\u2800",      # BRAILLE PATTERN BLANK
+    "\ufe0f",      # VARIATION SELECTOR-16 (Default_Ignorable)
+    "\u2028",      # LINE SEPARATOR (Zl)
+    "\u2029",      # PARAGRAPH SEPARATOR (Zp)
+    "\u0007",      # BELL (a control character, Cc)
+    "\u0000",      # NUL
+    "\U000e0041",  # TAG LATIN CAPITAL LETTER A (Cf)
+    "\ue000",      # a private-use character (Co)
+])
+def test_invisible_characters_of_every_kind_are_marked(make_site, page: Page, char):
+    site = make_site([("Where is my order?", f"It ships{char} today.", "It left yesterday.")])
+    log_in(page, site, "alice")
+    page.goto(site.url + "/rounds/1")
+    code = f"U+{ord(char):04X}"
+    assert code in page.inner_text("#hidden-warning")
+    shown = page.inner_text("#response-1") + page.inner_text("#response-2")
+    assert f"[{code} " in shown and char not in shown
+    assert page.locator(".text .hidden-char").count() == 1
+
+
+def test_a_request_that_names_another_host_is_refused(make_site):
+    """DNS rebinding: a page on attacker.example, its name pointed at 127.0.0.1, reaches the port but
+    not with our name in its Host header."""
+    site = make_site([("q", "a", "b")])
+    with site.client("alice") as client:
+        assert client.get("/rounds/1").status_code == 200
+        forged = client.get("/rounds/1", headers={"Host": "attacker.example"})
+        assert forged.status_code == 400 and "Invalid host header" in forged.text
+        assert forged.headers["content-security-policy"] == CSP  # refused pages carry the headers too
+        label = client.post("/rounds/1/label", data={"pair_id": "pair0", "choice": "left"}, headers={"Host": "attacker.example:80"})
+        assert label.status_code == 400
+    assert site.reviews() == []
+
+
+def test_an_oversized_rationale_is_refused_with_a_message_and_nothing_is_stored(make_site, page: Page):
+    site = make_site([("q", "answer a", "answer b")])
+    log_in(page, site, "alice")
+    page.goto(site.url + "/rounds/1")
+    page.keyboard.press("1")
+    page.keyboard.press("Tab")  # no principle: on to the rationale
+    page.fill("#rationale", "x" * 4500)  # as a paste would
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    body = page.inner_text("body")
+    assert "Label not stored" in body and "4500 characters long; the limit is 4000" in body
+    assert site.reviews() == []
