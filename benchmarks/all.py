@@ -1,11 +1,15 @@
 """Every benchmark in one run (`make bench`), one after another so they never share the CPU, then a
-table of their RESULT lines. The outcome run (`make outcome`, ~90 min) is separate.
+table of their RESULT lines, also written to docs/results/benchmarks.json (`--record`, which the
+results page is generated from). The outcome run (`make outcome`) is separate.
 
-    .venv/bin/python benchmarks/all.py
+    .venv/bin/python benchmarks/all.py [--record docs/results/benchmarks.json]
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import subprocess
 import sys
 import time
@@ -14,15 +18,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [  # (script, what the ratio is, goal)
     ("dpo.py", "DPO trainer tokens/s: ours / TRL DPOTrainer", ">= 1.5"),
-    ("sampling.py", "sampling tokens/s: vLLM engine / transformers", ">= 3"),
+    ("sampling_backends.py", "sampling tokens/s: vLLM engine / transformers", ">= 3"),
     ("judge_throughput.py", "judge requests/s: our client / bare httpx", ">= 0.9"),
     ("orchestration.py", "Prefect + DuckDB share of a demo round's wall time", "small"),
-    ("store.py", "review page p95 while another process writes (DuckLake on PostgreSQL)", "answers (no 503)"),
+    ("store_writers.py", "review page p95 while another process writes (DuckLake on PostgreSQL)", "answers (no 503)"),
 ]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--record", type=Path, help="write the results here (docs/results/benchmarks.json)")
+    args = parser.parse_args()
     rows = []
+    recorded = []
     for script, what, goal in BENCHMARKS:
         print(f"==> {script}", flush=True)
         started = time.perf_counter()
@@ -34,6 +42,11 @@ def main() -> None:
             rows.append((script, what, "FAILED", goal, time.perf_counter() - started))
         else:
             rows.append((script, what, f"{results[-1][0]} = {results[-1][1]}", goal, time.perf_counter() - started))
+            recorded.append({"script": script, "measures": what, "name": results[-1][0], "value": float(results[-1][1]),
+                             "goal": goal})
+    if args.record:
+        args.record.write_text(json.dumps({"command": "python benchmarks/all.py --record " + str(args.record),
+                                           "date": datetime.date.today().isoformat(), "results": recorded}, indent=1) + "\n")
     print("\n| benchmark | measures | result | goal | took |\n|---|---|---|---|---|")
     for script, what, result, goal, took in rows:
         print(f"| {script} | {what} | {result} | {goal} | {took / 60:.1f} min |")

@@ -32,24 +32,23 @@ from pathlib import Path
 
 import numpy as np
 
+from constitution.loader import load_constitution
+from evals.stage import EvalOutcome, EvalSettings, sample_side, score_head_to_head
+from flows.config import RoundConfig, checked_config, load_config
+from flows.judging import taught_judge, trusted_principles
+from flows.loop import rlaif_loop
+from flows.policy import model_sampler
+from judges.config import build_judge
+from prompts.loader import load_prompts, select_heldout_prompts
+from sampling.vllm_engine import choose_backend
+from stats.intervals import wilson_interval
+from store.db import Store
+from store.ids import stable_int
+from store.rows import CompletionRow
+
+from outcome import write_config  # benchmarks/outcome.py: the benchmark-size config
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
-
-from constitution.loader import load_constitution  # noqa: E402
-from evals.stage import EvalOutcome, EvalSettings, sample_side, score_head_to_head  # noqa: E402
-from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import taught_judge, trusted_principles  # noqa: E402
-from flows.loop import rlaif_loop  # noqa: E402
-from flows.policy import model_sampler  # noqa: E402
-from judges.config import build_judge  # noqa: E402
-from prompts.loader import load_prompts, select_heldout_prompts  # noqa: E402
-from sampling.vllm_engine import choose_backend  # noqa: E402
-from stats.intervals import wilson_interval  # noqa: E402
-from store.db import Store  # noqa: E402
-from store.ids import stable_int  # noqa: E402
-from store.rows import CompletionRow  # noqa: E402
-
-from outcome import write_config  # noqa: E402  # benchmarks/outcome.py: the benchmark-size config
 
 KS = (1, 2, 4)
 

@@ -34,11 +34,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
-
-from lm.embedded import cache_root, embedded_checkpoint  # noqa: E402
-from lm.loading import encode_chat, load_model, load_tokenizer, set_threads  # noqa: E402
+from lm.embedded import cache_root, embedded_checkpoint
+from lm.loading import encode_chat, load_model, load_tokenizer, set_threads
 
 SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply to the customer helpfully and briefly."
 LORA_R, LORA_ALPHA = 8, 16

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
+from flows.config import DEFAULT_SYSTEM_PROMPT, SamplerConfig
+from lm.embedded import embedded_checkpoint
+from lm.loading import load_model, load_tokenizer, set_threads
+from prompts.loader import load_prompts
+from sampling.sampler import SampleRequest, TransformersSampler, sample
+from store.ids import stable_int
 
-from flows.config import DEFAULT_SYSTEM_PROMPT, SamplerConfig  # noqa: E402
-from lm.embedded import embedded_checkpoint  # noqa: E402
-from lm.loading import load_model, load_tokenizer, set_threads  # noqa: E402
-from prompts.loader import load_prompts  # noqa: E402
-from sampling.sampler import SampleRequest, TransformersSampler, sample  # noqa: E402
-from store.ids import stable_int  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
+sys.path.insert(0, str(REPO))  # the GPU machine has no installed rlaif: the repository is the package
 
 # What the check imports beyond torch, transformers, peft, accelerate and pyarrow (the GPU machine
 # has those): distribution name -> import name. Versions are pinned to this venv's at bundle time.

@@ -30,27 +30,25 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as scipy_stats
+
+from constitution.loader import load_constitution
+from flows.config import RoundConfig, checked_config, load_config
+from flows.judging import choose_examples, qualification_for, taught_judge
+from flows.progress import progress_bar
+from judges.config import build_judge
+from judges.stage import PairwiseJudge, judge_pairs
+from judges.verdict import winner_of
+from lm.embedded import cache_root
+from lm.loading import set_threads
+from review.gold import GoldPair, store_gold
+from review.labels import human_labels, principle_labels
+from stats.agreement import label_agreement
+from store.db import Store
+from store.ids import stable_int
+from store.rows import JudgmentRow
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
-
-from scipy import stats as scipy_stats  # noqa: E402
-
-from constitution.loader import load_constitution  # noqa: E402
-from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import choose_examples, qualification_for, taught_judge  # noqa: E402
-from flows.progress import progress_bar  # noqa: E402
-from judges.config import build_judge  # noqa: E402
-from judges.stage import PairwiseJudge, judge_pairs  # noqa: E402
-from judges.verdict import winner_of  # noqa: E402
-from lm.embedded import cache_root  # noqa: E402
-from lm.loading import set_threads  # noqa: E402
-from review.gold import GoldPair, store_gold  # noqa: E402
-from review.labels import human_labels, principle_labels  # noqa: E402
-from stats.agreement import label_agreement  # noqa: E402
-from store.db import Store  # noqa: E402
-from store.ids import stable_int  # noqa: E402
-from store.rows import JudgmentRow  # noqa: E402
 
 DEFAULT_JUDGE = "smollm2-pointwise_fewshot"
 MARGINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)

@@ -22,31 +22,15 @@ import time
 from importlib import resources
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from constitution.loader import load_constitution  # noqa: E402
-from flows.config import RoundConfig, checked_config, load_config  # noqa: E402
-from flows.judging import judge_gate, judge_server, qualification_for  # noqa: E402
-from flows.progress import progress_bar  # noqa: E402
-from flows.tables import qualification_table  # noqa: E402
-from inputs.files import load_yaml  # noqa: E402
-from judges.config import build_judge  # noqa: E402
-from lm.loading import set_threads  # noqa: E402
-
-
-def with_overrides(config: RoundConfig, overrides: list[str]) -> RoundConfig:
-    """`SECTION.FIELD=VALUE` (VALUE read as YAML), validated like the config file."""
-    data = config.model_dump(mode="json")
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        if not field or section not in data:
-            raise SystemExit(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        data[section][field] = load_yaml(value)
-    return RoundConfig.model_validate(data)
+from constitution.loader import load_constitution
+from flows.config import checked_config, load_config
+from flows.judging import judge_gate, judge_server, qualification_for
+from flows.progress import progress_bar
+from flows.tables import qualification_table
+from judges.config import build_judge
+from lm.loading import set_threads
 
 
 def main() -> None:
@@ -58,7 +42,7 @@ def main() -> None:
     parser.add_argument("--label", help="row name in --record (default: the judge id)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    config = checked_config(with_overrides(load_config(args.config), args.overrides))
+    config = checked_config(load_config(args.config, args.overrides))
     threads = set_threads(args.threads)
     constitution = load_constitution(config.constitution)
 

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import httpx
 
+from constitution.loader import load_constitution
+from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
+from judges.verdict import PairText
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
-
 STUB_SERVER = REPO / "tests" / "openai_stub_server.py"
-
-from constitution.loader import load_constitution  # noqa: E402
-from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings  # noqa: E402
-from judges.verdict import PairText  # noqa: E402
 
 
 def items(n: int) -> list[tuple[PairText, str]]:

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from flows.compare import compare_models
+from flows.config import checked_config, load_config
+from flows.loop import rlaif_loop
+from flows.round import RoundSummary
+from flows.train import TrainRefused, train_round
+from store.db import Store
+
+from outcome import result_fields, write_config  # benchmarks/outcome.py: the config, the fields
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
-
-from flows.compare import compare_models  # noqa: E402
-from flows.config import checked_config, load_config  # noqa: E402
-from flows.loop import rlaif_loop  # noqa: E402
-from flows.round import RoundSummary  # noqa: E402
-from flows.train import TrainRefused, train_round  # noqa: E402
-from store.db import Store  # noqa: E402
-
-from outcome import result_fields, write_config  # noqa: E402  # benchmarks/outcome.py: the config, the fields
 
 # name -> (kind, config overrides). "train": retrain on the default round's pairs; "round": a round of its own.
 LEVERS: dict[str, tuple[str, dict[str, object]]] = {

@@ -15,7 +15,6 @@ import argparse
 import functools
 import inspect
 import os
-import sys
 import tempfile
 import time
 from importlib import resources
@@ -23,18 +22,16 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import Task, flow  # noqa: E402
+from prefect import Task, flow
 
-import flows.round as round_module  # noqa: E402
-import flows.stages as stages_module  # noqa: E402
-from flows.config import checked_config, load_config  # noqa: E402
-from inputs.files import load_yaml  # noqa: E402
-from store.db import Store  # noqa: E402
+import flows.round as round_module
+import flows.stages as stages_module
+from flows.config import checked_config, load_config
+from inputs.files import load_yaml
+from store.db import Store
 
 spent = {"store": 0.0, "model": 0.0}
 depth = {"store": 0}

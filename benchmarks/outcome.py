@@ -15,31 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from evals.report import render_html  # noqa: E402
-from evals.report_data import build_report  # noqa: E402
-from evals.stage import EvalOutcome  # noqa: E402
-from flows.compare import compare_models  # noqa: E402
-from flows.config import checked_config, load_config  # noqa: E402
-from flows.loop import rlaif_loop  # noqa: E402
-from flows.round import RoundSummary  # noqa: E402
-from inputs.files import load_yaml  # noqa: E402
-from store.db import Store  # noqa: E402
+from evals.report import render_html
+from evals.report_data import build_report
+from evals.stage import EvalOutcome
+from flows.compare import compare_models
+from flows.config import ConfigError, checked_config, load_config
+from flows.loop import rlaif_loop
+from flows.round import RoundSummary
+from inputs.files import load_yaml
+from store.db import Store
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_config(out: Path, args: argparse.Namespace) -> Path:
-    """The demo config at benchmark size (every other field keeps its default)."""
+    """The demo config at benchmark size, with `--set SECTION.FIELD=VALUE` overrides (the CLI's own
+    parser), written as one file that every process of the run reads."""
     config = load_yaml((resources.files("flows") / "demo.yaml").read_text())
     config["prompts"].update({"train_per_round": args.train_per_round, "heldout": args.heldout})
     config["sampler"].update({"max_new_tokens": args.max_new_tokens})
@@ -48,14 +48,13 @@ def write_config(out: Path, args: argparse.Namespace) -> Path:
     config["sampler"]["backend"] = "vllm" if vllm_python.exists() else "transformers"
     config["sampler"]["vllm"] = {"python": str(vllm_python)}
     config["store"] = {"path": str(out / "outcome.duckdb")}
-    for assignment in args.set:  # section.field=value, the value read as YAML
-        key, _, value = assignment.partition("=")
-        section, _, field = key.partition(".")
-        if not value or not field:
-            raise SystemExit(f"--set {assignment!r}: expected section.field=value")
-        config.setdefault(section, {})[field] = load_yaml(value)
     path = out / "outcome.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        final = load_config(path, args.set)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    path.write_text(yaml.safe_dump(final.model_dump(mode="json"), sort_keys=False))
     return path
 
 

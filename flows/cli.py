@@ -16,7 +16,7 @@ import typer
 
 from constitution.loader import bundled_constitution_path
 from flows import cli_inspect
-from flows.cli_common import DB_OPTION, absolute_db, console, fail, guard, prefect_defaults, usable_store
+from flows.cli_common import DB_OPTION, SET_OPTION, absolute_db, console, fail, guard, prefect_defaults, usable_store
 from flows.cli_judge import judge_app
 from flows.cli_review import review_app
 from flows.config import ConfigError, RoundConfig, checked_config, load_config
@@ -63,9 +63,10 @@ def round_(
     config: Path = typer.Option(..., "--config", "-c", help="round config YAML"),
     db: Optional[str] = DB_OPTION,
     round_index: Optional[int] = typer.Option(None, "--round", help="round number (default: resume the unfinished round, else the next)"),
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Run one RLAIF round: sample, judge, spot-check, DPO, evaluate, promote."""
-    _run(checked_config(load_config(config), db), round_index)
+    _run(checked_config(load_config(config, overrides), db), round_index)
 
 
 @app.command()
@@ -74,14 +75,15 @@ def loop(
     config: Path = typer.Option(..., "--config", "-c", help="round config YAML"),
     rounds: int = typer.Option(1, "--rounds", min=1, help="rounds to run, each from the latest promoted policy"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Run several rounds in one flow run (stops early at a round that waits for reviews)."""
-    usable_store(checked_config(load_config(config), db).store)  # fail on bad input before Prefect starts
+    usable_store(checked_config(load_config(config, overrides), db).store)  # fail on bad input before Prefect starts
     prefect_defaults()
     from flows.loop import rlaif_loop
     from flows.tables import summary_table
 
-    for summary in rlaif_loop(config_path=str(config.resolve()), rounds=rounds, db=absolute_db(db)):
+    for summary in rlaif_loop(config_path=str(config.resolve()), rounds=rounds, db=absolute_db(db), overrides=overrides):
         console.print(summary_table(summary))
 
 
@@ -94,6 +96,7 @@ def serve(
     rounds: int = typer.Option(1, "--rounds", min=1, help="rounds per run"),
     name: str = typer.Option("nightly", "--name", help="deployment name"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Serve the loop flow as a scheduled deployment and run what it schedules (stop with Ctrl-C).
 
@@ -105,7 +108,7 @@ def serve(
     from prefect.schedules import Cron
     from prefect.settings import get_current_settings
 
-    checked_config(load_config(config), db)
+    checked_config(load_config(config, overrides), db)
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -120,7 +123,8 @@ def serve(
     # by module path: the runner finds the installed flow wherever `rlaif serve` was started
     rlaif_loop.serve(name=name, schedules=[Cron(cron, timezone=timezone)], tags=["rlaif"],
                      entrypoint_type=EntrypointType.MODULE_PATH,
-                     parameters={"config_path": str(config.resolve()), "rounds": rounds, "db": absolute_db(db)},
+                     parameters={"config_path": str(config.resolve()), "rounds": rounds, "db": absolute_db(db),
+                                 "overrides": overrides},
                      description=f"{rounds} RLAIF round(s) of {config.name} at '{cron}' ({timezone})")
 
 
@@ -136,9 +140,9 @@ def server(port: int = typer.Option(4200, "--port", help="port on 127.0.0.1")) -
 
 @app.command()
 @guard
-def demo(db: Optional[str] = DB_OPTION) -> None:
+def demo(db: Optional[str] = DB_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """One round of the bundled support task at tiny size (no server or network needed)."""
-    _run(checked_config(load_config(Path(str(resources.files("flows") / "demo.yaml"))), db), None)
+    _run(checked_config(load_config(Path(str(resources.files("flows") / "demo.yaml")), overrides), db), None)
 
 
 @app.command()
@@ -148,6 +152,7 @@ def train(
     round_index: int = typer.Option(..., "--round", help="the round whose judged pairs to train on"),
     judge_id: Optional[str] = typer.Option(None, "--judge-id", help="whose verdicts (needed only if several judges judged the round)"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Train a judged round's candidate adapter; run it under `accelerate launch` for several GPUs.
 
@@ -156,7 +161,7 @@ def train(
     from flows.tables import num
     from flows.train import TrainRefused, train_round
 
-    cfg = checked_config(load_config(config), db)
+    cfg = checked_config(load_config(config, overrides), db)
     try:
         outcome = train_round(cfg, round_index, judge_id)
     except TrainRefused as exc:
@@ -175,12 +180,14 @@ def compare(
     model_b: str = typer.Argument(..., metavar="MODEL_B"),
     config: Path = typer.Option(..., "--config", "-c", help="config whose prompts, judge, sampler and eval sections to use"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Held-out comparison of any two stored models: A's win rate, LC win rate, pass rates, lengths."""
     from flows.compare import compare_models
     from flows.tables import comparison_table
 
-    console.print(comparison_table(model_a, model_b, compare_models(checked_config(load_config(config), db), model_a, model_b)))
+    cfg = checked_config(load_config(config, overrides), db)
+    console.print(comparison_table(model_a, model_b, compare_models(cfg, model_a, model_b)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, Optional, TypeVar
 
@@ -38,6 +38,8 @@ F = TypeVar("F", bound=Callable)
 DB_OPTION = typer.Option(None, "--db", help="the store: a DuckDB file or ducklake:<catalog> "
                                             "(default: the store of --config, else ./rlaif.duckdb)")
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="round config YAML (its store, constitution, review settings)")
+SET_OPTION = typer.Option([], "--set", metavar="SECTION.FIELD=VALUE",
+                          help="override a field of the config (VALUE read as YAML); repeatable")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -59,12 +61,12 @@ def guard(fn: F) -> F:
     return command  # type: ignore[return-value]
 
 
-def store_location(db: Optional[str], config: Optional[Path] = None) -> StoreLocation:
+def store_location(db: Optional[str], config: Optional[Path] = None, overrides: Sequence[str] = ()) -> StoreLocation:
     """The one `--db` rule: --db, else the config's store, else ./rlaif.duckdb."""
     if db is not None:
         return parse_location(db)
     if config is not None:
-        return load_config(config).store
+        return load_config(config, overrides).store
     return StoreLocation()
 
 

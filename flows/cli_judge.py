@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from flows.cli_common import DB_OPTION, console, fail, guard, round_or_latest
+from flows.cli_common import DB_OPTION, SET_OPTION, console, fail, guard, round_or_latest
 from flows.cli_inspect import print_judge_stats
 from flows.config import ConfigError, checked_config, load_config
 from store.db import Store
@@ -23,6 +23,7 @@ def judge(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose judge section to use"),
     round_index: Optional[int] = typer.Option(None, "--round", help="round to re-judge (default: the latest)"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Re-judge a stored round's pairs with the config's judge (to compare judges); cached judgments are free."""
     if ctx.invoked_subcommand is not None:
@@ -35,7 +36,7 @@ def judge(
     from judges.config import build_judge
     from judges.stage import judge_pairs
 
-    cfg = checked_config(load_config(config), db)
+    cfg = checked_config(load_config(config, overrides), db)
     constitution = load_constitution(cfg.constitution)
     with Store(cfg.store) as store, judge_server(cfg):
         rnd = round_or_latest(store, round_index)
@@ -65,6 +66,7 @@ def judge_get(name: str = typer.Argument(..., help="qwen2.5-coder-0.5b or qwen2.
 def judge_qualify(
     config: Path = typer.Option(..., "--config", "-c", help="config whose judge, constitution and prompts to use"),
     db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """Can the config's judge see each principle? Measured against people on labelled real pairs (gold
     sets, reviews) and on held-out violations; stored, and shown."""
@@ -75,7 +77,7 @@ def judge_qualify(
     from flows.tables import qualification_table
     from judges.config import build_judge
 
-    cfg = checked_config(load_config(config), db)
+    cfg = checked_config(load_config(config, overrides), db)
     constitution = load_constitution(cfg.constitution)
     with Store(cfg.store) as store, judge_server(cfg):
         base = build_judge(cfg.judge)

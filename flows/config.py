@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evals.stage import EvalSettings
-from inputs.files import format_validation_error, read_yaml_mapping
+from inputs.files import format_validation_error, load_yaml, read_yaml_mapping
 from judges.config import JudgeConfig
 from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
@@ -42,11 +42,11 @@ class _Section(BaseModel):
 
 class PolicyConfig(_Section):
     path: str | None = Field(default=None, description="checkpoint directory; empty = embedded SmolLM2-135M-Instruct")
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="the system message of every request to the policy")
 
 
 class PromptsConfig(_Section):
-    source: str = "bundled:support"
+    source: str = Field(default="bundled:support", description="bundled:NAME, or a .jsonl/.yaml file of {text, tags, split}")
     train_per_round: int = Field(default=64, gt=0, description="train prompts sampled each round")
     heldout: int = Field(default=24, gt=0, description="held-out prompts used to evaluate the candidate")
 
@@ -96,7 +96,7 @@ class EvalConfig(EvalSettings):
     """The evaluation and the promotion rule (evals/stage.py, evals/decision.py)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(default=96, gt=0)
+    max_new_tokens: int = Field(default=96, gt=0, description="length of the evaluation's answers, in tokens")
     probes: list[str] = Field(default_factory=list, description="probe sets (bundled:NAME or YAML paths) both models answer")
 
     @model_validator(mode="before")
@@ -141,8 +141,8 @@ class RuntimeConfig(_Section):
 
 
 class RoundConfig(_Section):
-    seed: int = 0
-    constitution: str = "bundled:support"
+    seed: int = Field(default=0, description="every seed of a round (sampling, splits, routing) derives from it")
+    constitution: str = Field(default="bundled:support", description="bundled:NAME or a YAML path (docs/constitution.md)")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
@@ -169,9 +169,23 @@ class RoundConfig(_Section):
         return db.parent / f"{db.stem}-artifacts"
 
 
-def load_config(path: str | Path) -> RoundConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RoundConfig:
+    """The config file, with `--set SECTION.FIELD=VALUE` overrides applied (each VALUE read as YAML,
+    e.g. `eval.samples_per_prompt=8`, `sampler.vllm.python=.venv-vllm/bin/python`) before it is
+    validated; paths in either are relative to the file's folder."""
     path = Path(path)
     data = read_yaml_mapping(path, ConfigError, "config", "a mapping of config sections")
+    for assignment in overrides:
+        key, sep, value = assignment.partition("=")
+        fields = key.strip().split(".")
+        if not sep or not all(fields):
+            raise ConfigError(f"--set {assignment!r}: expected SECTION.FIELD=VALUE")
+        section = data
+        for name in fields[:-1]:
+            if not isinstance(section.setdefault(name, {}), dict):
+                raise ConfigError(f"--set {assignment!r}: {name} is not a section")
+            section = section[name]
+        section[fields[-1]] = load_yaml(value) if value.strip() else None
     try:
         config = RoundConfig.model_validate(data)
     except ValidationError as exc:

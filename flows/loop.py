@@ -17,10 +17,11 @@ from store.db import Store
 
 
 @flow(name="rlaif-loop")
-def rlaif_loop(config_path: str, rounds: int = 1, db: str | None = None) -> list[RoundSummary]:
-    """Run `rounds` rounds of the config at `config_path` (read at run time: edits apply to the next run)."""
+def rlaif_loop(config_path: str, rounds: int = 1, db: str | None = None, overrides: list[str] | None = None) -> list[RoundSummary]:
+    """Run `rounds` rounds of the config at `config_path` (read at run time: edits apply to the next
+    run), with `overrides` (`--set SECTION.FIELD=VALUE`) applied."""
     logger = get_run_logger()
-    config = checked_config(load_config(config_path), db)
+    config = checked_config(load_config(config_path, overrides or []), db)
     summaries: list[RoundSummary] = []
     while (done := finished_by_this_run(config)) < rounds:
         logger.info("loop: %d of %d rounds finished by this flow run", done, rounds)

@@ -17,15 +17,16 @@ class JudgeConfig(BaseModel):
     """The config's `judge` section: which judge, how it is asked, and the qualification bars."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["local_logprob", "openai"] = "local_logprob"
+    kind: Literal["local_logprob", "openai"] = Field(
+        default="local_logprob", description="a local transformers model, or an OpenAI-compatible endpoint (judge.openai)")
     # local_logprob: a local transformers model, verdict read from next-token probabilities
     model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
     formulation: Formulation = Field(
         default="pointwise_fewshot",
-        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in README)")
-    batch_size: int = Field(default=8, gt=0)
+        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in docs/results.md)")
+    batch_size: int = Field(default=8, gt=0, description="local judge: requests per forward pass")
     tie_margin: float = Field(default=0.02, ge=0, lt=1, description="|score| below this is a tie (0.02: chosen on the "
-                              "qualification's select split for SmolLM2 pointwise_fewshot, see README)")
+                              "qualification's select split for SmolLM2 pointwise_fewshot, docs/judges.md)")
     max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
     # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
     openai: OpenAIJudgeSettings | None = None

@@ -59,23 +59,24 @@ RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeou
 class OpenAIJudgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
-    model: str
+    model: str = Field(description="the model name the endpoint serves")
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="name of the env var holding the key")
-    concurrency: int = Field(default=8, gt=0)
-    timeout_s: float = Field(default=60.0, gt=0)
+    concurrency: int = Field(default=8, gt=0, description="requests in flight")
+    timeout_s: float = Field(default=60.0, gt=0, description="per request")
     max_retries: int = Field(default=4, ge=0, description="per request, for 429/5xx/timeouts/connection errors")
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=20.0, gt=0)
+    backoff_base_s: float = Field(default=0.5, gt=0, description="exponential backoff with full jitter: the first wait")
+    backoff_max_s: float = Field(default=20.0, gt=0, description="... and the longest")
     max_requests: int | None = Field(default=None, gt=0, description="per-round request budget")
     max_cost_usd: float | None = Field(default=None, gt=0, description="per-round cost budget")
-    usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
-    usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
-    structured_output: Literal["auto", "json_schema", "json_prompt"] = "auto"
-    max_tokens: int = Field(default=400, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
+    usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0, description="price, for the cost budget")
+    usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0, description="price, for the cost budget")
+    structured_output: Literal["auto", "json_schema", "json_prompt"] = Field(
+        default="auto", description="auto: a JSON schema, and a strict JSON prompt for a request the server refuses it for")
+    max_tokens: int = Field(default=400, gt=0, description="of a pairwise_json reply")
+    temperature: float = Field(default=0.0, ge=0, description="of the judge's replies")
     principles_per_comparison: int | None = Field(
         default=None, gt=0, description="Constitutional-AI mode: judge a sampled subset of k principles per pair")
-    tie_margin: float = Field(default=0.05, ge=0, lt=1)
+    tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
     vote_logprobs: bool = Field(
         default=False, description="ask for token logprobs and score each vote by p(A) - p(B) instead of +-1")
     formulation: Literal["pairwise_json", "pointwise", "pointwise_fewshot"] = Field(
@@ -172,7 +173,6 @@ class OpenAIJudge:
         self.tie_margin = settings.tie_margin
         self.spend = _Spend(settings)
         self._client_factory = client_factory or self._default_client
-        self._use_schema = settings.structured_output != "json_prompt"
 
     def with_taught(self, taught: Sequence[pointwise.Taught]) -> OpenAIJudge:
         """The same endpoint, taught these examples: a judge of its own (its own id, so its own cache)."""
@@ -334,21 +334,24 @@ class OpenAIJudge:
 
         Returns the reply text and, when `top_logprobs` was asked for and the server sent them, its token logprobs.
         Transport faults are retried `max_retries` times, then raised; the JSON-schema fallback is not a retry.
+        A server that refuses the schema (400) is asked this request again with the strict prompt alone;
+        the next request offers the schema again (one odd request must not turn it off for good).
         """
         attempt = 0
+        use_schema = schema is not None and self.settings.structured_output != "json_prompt"
         while True:
             self.spend.reserve()
             kwargs = dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                           max_tokens=max_tokens)
-            if schema is not None and self._use_schema:
+            if use_schema:
                 kwargs["response_format"] = schema
             if top_logprobs:
                 kwargs.update(logprobs=True, top_logprobs=top_logprobs)
             try:
                 response = await client.chat.completions.create(**kwargs)
             except openai.BadRequestError:
-                if schema is not None and self._use_schema and self.settings.structured_output == "auto":
-                    self._use_schema = False  # this server takes no JSON schema: the strict prompt alone
+                if use_schema and self.settings.structured_output == "auto":
+                    use_schema = False  # refused: this request with the strict prompt alone
                     continue
                 raise
             except RETRYABLE:

@@ -22,7 +22,7 @@ class JudgeServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: list[str] = Field(min_length=1, description="argv of the server, e.g. llama-server -m judge.gguf --port 8091")
     health_path: str = Field(default="/health", description="GET on the base_url's host answers 200 once it is ready")
-    startup_timeout_s: float = Field(default=600, gt=0)
+    startup_timeout_s: float = Field(default=600, gt=0, description="how long to wait for it to answer")
 
 
 class JudgeServerError(RuntimeError):

@@ -61,7 +61,7 @@ def convert_gguf(source: Path, out_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     # The model is float32 but still carries a GGUF quantizer, which makes save_pretrained (and
-    # training) refuse it; dropping the quantization config is enough (DESIGN.md 8).
+    # training) refuse it; dropping the quantization config is enough (docs/design.md, the stack).
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)

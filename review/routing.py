@@ -22,10 +22,10 @@ from store.rows import ReviewQueueRow, VerdictRow
 
 class RoutingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    random_rate: float = Field(default=0.05, ge=0, le=1)
-    low_confidence: bool = True
-    low_confidence_below: float = Field(default=0.1, ge=0, le=1)
-    high_stakes_tags: list[str] = Field(default_factory=list)
+    random_rate: float = Field(default=0.05, ge=0, le=1, description="share of pairs routed at random")
+    low_confidence: bool = Field(default=True, description="route pairs whose orders disagree, or that are invalid")
+    low_confidence_below: float = Field(default=0.1, ge=0, le=1, description="... or whose verdict's confidence is below this")
+    high_stakes_tags: list[str] = Field(default_factory=list, description="route every pair whose prompt has one of these tags")
     principle_triggers: list[str] = Field(default_factory=list, description="route pairs where these principles voted a or b")
     max_per_round: int = Field(default=50, ge=0, description="at most this many pairs per round go to review")
     max_share: float = Field(default=0.25, ge=0, le=1, description="... and at most this share of the round's pairs")

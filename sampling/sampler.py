@@ -30,10 +30,10 @@ from store.ids import stable_int
 class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     n: int = Field(default=2, gt=0)
-    max_new_tokens: int = Field(default=96, gt=0)
+    max_new_tokens: int = Field(default=96, gt=0, description="length of a sampled reply, in tokens")
     temperature: float = Field(default=0.8, ge=0, description="0 = greedy")
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    batch_size: int = Field(default=16, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1, description="nucleus sampling")
+    batch_size: int = Field(default=16, gt=0, description="rows per generate call (and per vLLM request batch)")
 
 
 class SampleRequest(BaseModel):

@@ -8,7 +8,7 @@ seed; a LoRA adapter is named per request (`LoRARequest`), never merged. What co
 sampled token ids, including the end-of-turn token, with their raw log-probabilities.
 
 `VLLMSettings` is the config section shared by the engine and server modes; on a machine without a
-CUDA GPU it applies the settings that work on this CPU (DESIGN.md 8).
+CUDA GPU it applies the settings that work on this CPU (docs/design.md, the stack).
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ class VLLMSettings(BaseModel):
     server_url: str | None = Field(default=None, description="server mode: a running vLLM OpenAI server, e.g. http://127.0.0.1:8000")
     served_model: str | None = Field(default=None, description="server mode: the server's name for the base policy")
     # GPU settings (ignored on CPU, where float32 and eager mode are the settings that work)
-    tensor_parallel_size: int = Field(default=1, gt=0)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: int = Field(default=4096, gt=0)
+    tensor_parallel_size: int = Field(default=1, gt=0, description="GPU: GPUs one engine spans")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="GPU: share of its memory vLLM may take")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="GPU: weights and activations (float32 on a CPU)")
+    max_model_len: int = Field(default=4096, gt=0, description="prompt + reply tokens one request may hold")
     max_lora_rank: int = Field(default=16, gt=0, description="at least the adapters' LoRA rank")
     cpu_kv_cache_gib: int = Field(default=1, gt=0, description="CPU only: KV cache size")
     cpu_reserved_cores: int = Field(default=0, ge=0, description="CPU only: cores kept from compute for vLLM's scheduler")
-    startup_timeout_s: float = Field(default=900, gt=0)
+    startup_timeout_s: float = Field(default=900, gt=0, description="how long to wait for an engine or server to come up")
 
     @model_validator(mode="after")
     def _server_names_its_model(self) -> VLLMSettings:

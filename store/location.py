@@ -22,7 +22,8 @@ LAKE_PREFIX = "ducklake:"
 
 class StoreLocation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["duckdb", "ducklake"] = "duckdb"
+    kind: Literal["duckdb", "ducklake"] = Field(
+        default="duckdb", description="duckdb: one file, one writing process; ducklake: many writers (docs/scaling.md)")
     path: str | None = Field(default=None, description="duckdb: the database file; empty = ./rlaif.duckdb")
     catalog: str | None = Field(default=None, description="ducklake: postgres:<libpq connection string> or sqlite:<file>")
     data_path: str | None = Field(default=None, description="ducklake: folder of the Parquet data files (needed to create the lake)")

@@ -22,7 +22,7 @@ os.environ.update({
 import pytest  # noqa: E402  (after the environment above, which Prefect reads at import)
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # DESIGN.md 8: oversubscribed threads are several times slower on a busy 2-core box
+torch.set_num_threads(1)  # docs/design.md, the stack: oversubscribed threads are several times slower on a busy 2-core box
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

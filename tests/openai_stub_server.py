@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class StubOpenAIServer:
-    def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool = False,
+    def __init__(self, service_time_s: float = 0.0, slow_s: float = 2.0, reject_json_schema: bool | int = False,
                  failure_rate: float = 0.0, seed: int = 0, mode: str = "shorter",
                  violations: dict[str, list[str]] | None = None, principle_texts: dict[str, str] | None = None,
                  port: int = 0):
@@ -46,6 +46,7 @@ class StubOpenAIServer:
         self.service_time_s, self.slow_s, self.reject_json_schema = service_time_s, slow_s, reject_json_schema
         self.failure_rate, self.rng, self.failed = failure_rate, random.Random(seed), 0
         self.requests = 0
+        self.schema_requests = 0  # requests that carried a JSON schema (an int reject_json_schema: only the first N are refused)
         self.per_message: Counter[str] = Counter()
         self.user_messages: list[str] = []  # the first user message of every request, in arrival order
         self.authorization: set[str] = set()
@@ -97,7 +98,11 @@ class StubOpenAIServer:
                     return self._send(500, {"error": {"message": "flaky upstream", "type": "server_error"}})
                 if server.service_time_s:
                     time.sleep(server.service_time_s)
-                if server.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+                schema = (body.get("response_format") or {}).get("type") == "json_schema"
+                with server.lock:
+                    server.schema_requests += schema
+                    refused = schema and (server.reject_json_schema is True or server.schema_requests <= int(server.reject_json_schema))
+                if refused:
                     return self._send(400, {"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}})
                 if "FAULT:always500" in user or ("FAULT:500" in user and nth == 1):
                     return self._send(500, {"error": {"message": "internal error", "type": "server_error"}})

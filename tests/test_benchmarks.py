@@ -1,6 +1,6 @@
-"""Every benchmark starts as the README runs it (`.venv/bin/python benchmarks/NAME.py`): run as a file,
-its folder comes first on sys.path, where benchmarks/store.py and sampling.py would shadow the
-packages of the same name. `--help` gets past every import without measuring anything."""
+"""Every benchmark starts as the docs run it (`.venv/bin/python benchmarks/NAME.py`): run as a file,
+its folder comes first on sys.path, so no benchmark may be named like a package of the project (it
+would shadow it). `--help` gets past every import without measuring anything."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def test_benchmark_imports_run_as_a_file(script):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=300, cwd=BENCHMARKS.parent)
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
+
+
+def test_no_benchmark_shadows_a_package():
+    packages = {p.name for p in BENCHMARKS.parent.iterdir() if (p / "__init__.py").is_file()}
+    assert packages and not {Path(s).stem for s in SCRIPTS} & packages
+
+
+def test_the_results_page_is_generated_from_the_results_files_and_current():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from results_page import PAGE, render
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert PAGE.read_text() == render(), "docs/results.md is out of date: run .venv/bin/python benchmarks/results_page.py"

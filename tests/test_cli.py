@@ -157,3 +157,10 @@ def test_an_empty_prompt_file_is_named_and_nothing_is_written(tmp_path):
     result = runner.invoke(app, ["round", "--config", str(tmp_path / "rlaif.yaml"), "--db", str(tmp_path / "r.duckdb")])
     assert result.exit_code == 2 and "prompts.jsonl: no prompts" in " ".join(result.output.split()), result.output
     assert not (tmp_path / "r.duckdb").exists()
+
+
+def test_the_configuration_page_is_generated_from_the_code_and_current():
+    from flows.config_docs import PAGE, render
+
+    assert PAGE.read_text() == render(), "docs/configuration.md is out of date: run python -m flows.config_docs"
+    assert "| `samples_per_prompt` | `4` |" in render() and "## `sampler.vllm`" in render()

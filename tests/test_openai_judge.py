@@ -79,6 +79,18 @@ def test_falls_back_to_the_json_prompt_when_the_server_refuses_a_schema(tmp_path
         assert verdicts["pair0"].status == "ok" and verdicts["pair0"].winner == "b"
 
 
+def test_one_refused_schema_falls_back_for_that_request_only(tmp_path):
+    """The server refuses the first request's schema (a transient 400): that request is asked again
+    with the strict prompt, and every later request still offers the schema."""
+    constitution = load_constitution("bundled:support")
+    with StubOpenAIServer(reject_json_schema=1) as server, Store(tmp_path / "j.duckdb") as store:
+        pairs = seed_pairs(store, [(f"Where is parcel {i}?", f"{LONG} ({i})", f"{SHORT} ({i})") for i in range(3)])
+        verdicts = judge_pairs(store, OpenAIJudge(settings(server, concurrency=1)), constitution, pairs)
+        assert all(v.status == "ok" for v in verdicts.values())
+        assert server.requests == 3 * 2 + 1         # 3 pairs x 2 orders, and the one request asked again
+        assert server.schema_requests == 3 * 2      # every request offered the schema first
+
+
 def test_constitutional_ai_mode_judges_the_same_subset_in_both_orders(tmp_path):
     """What the server is asked: each pair's two orders name the same two model-judged principles,
     and different pairs get different subsets."""

@@ -30,25 +30,25 @@ from training.reference import ReferenceChoice, choose_reference
 
 class DPOParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    loss_type: LossType = "sigmoid"
-    beta: float = Field(default=0.1, gt=0)
+    loss_type: LossType = Field(default="sigmoid", description="sigmoid (DPO), robust, ipo or hinge (training/dpo_loss.py)")
+    beta: float = Field(default=0.1, gt=0, description="how far the policy may move from the reference")
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5,
                                    description="sigmoid: conservative DPO; robust: the assumed share of flipped labels")
-    learning_rate: float = Field(default=5e-4, gt=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    learning_rate: float = Field(default=5e-4, gt=0, description="of the LoRA weights")
+    lr_schedule: Literal["cosine", "constant"] = Field(default="cosine", description="after the warm-up")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="share of steps with a linear warm-up")
     batch_size: int = Field(default=4, gt=0, description="pairs per optimizer step, over all processes")
     micro_batch_size: int | None = Field(default=None, gt=0, description="pairs per forward (gradient accumulation); empty = the whole step")
-    epochs: int = Field(default=2, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    shuffle: bool = True
+    epochs: int = Field(default=2, gt=0, description="passes over the round's pairs")
+    max_steps: int | None = Field(default=None, gt=0, description="stop after this many steps (empty: the epochs decide)")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient clipping")
+    shuffle: bool = Field(default=True, description="shuffle the pairs every epoch")
     group_by_length: bool = Field(default=True, description="batch pairs of similar length: less padding")
-    lora_r: int = Field(default=8, gt=0)
-    lora_alpha: int = Field(default=16, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_r: int = Field(default=8, gt=0, description="LoRA rank (on every linear layer)")
+    lora_alpha: int = Field(default=16, gt=0, description="LoRA scale numerator")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout")
     bf16: bool = Field(default=False, description="GPU: bfloat16 autocast through accelerate")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(default=False, description="less memory, more compute")
     pair_weighting: Literal["none", "confidence"] = Field(
         default="none", description="confidence: weight each pair's loss by its verdict's confidence (mean weight 1)")
     reference: Literal["auto", "forward"] = Field(

@@ -10,7 +10,7 @@ a throwaway cluster started here), one after another:
    again and again: each request's latency and status. A DuckDB file is held by its writer, so the
    page answers 503 ("Database busy") the whole time; a lake answers.
 
-    .venv/bin/python benchmarks/store.py [--seconds 20] [--out docs/results/store.json]
+    .venv/bin/python benchmarks/store_writers.py [--seconds 20] [--out docs/results/store.json]
 
 The last line is `RESULT ducklake_review_p95_ms <p95 of answered requests, PostgreSQL catalog, the
 writer pausing 0.5 s>`.
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
 sys.path.append(str(REPO / "tests"))  # pg_cluster and helpers: the throwaway PostgreSQL and the seeded pairs of the tests
 
 import httpx  # noqa: E402
@@ -188,7 +187,7 @@ def main() -> None:
                 print(f"{kind:18} writer pausing {pause} s: {under['writer_appends_per_s']:5.1f} appends/s; page answered "
                       f"{under['answered']}/{under['requests']} (503: {under['busy_503']}), p50 {under['p50_ms']} ms, "
                       f"p95 {under['p95_ms']} ms", flush=True)
-    command = "python benchmarks/store.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/store_writers.py " + " ".join(sys.argv[1:])
     if args.out:
         args.out.write_text(json.dumps({"command": command, "seconds": args.seconds, "results": results}, indent=1) + "\n")
     print(f"RESULT ducklake_review_p95_ms {results['ducklake-postgres'][f'writer_pause_{WRITER_PAUSES[0]}s']['p95_ms']}")

@@ -5,27 +5,25 @@ batch each. vLLM runs first (the offline engine in its worker process, or `--vll
 is stopped before transformers starts, so the two never share the CPU. Goal on this 2-core
 machine: >= 3x.
 
-    .venv/bin/python benchmarks/sampling.py [--prompts 16] [--max-new-tokens 96] [--threads N] [--vllm-mode engine]
+    .venv/bin/python benchmarks/sampling_backends.py [--prompts 16] [--max-new-tokens 96] [--threads N] [--vllm-mode engine]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # before benchmarks/, whose store.py and sampling.py would shadow those packages
+from lm.embedded import embedded_checkpoint
+from lm.loading import load_model, load_tokenizer, set_threads
+from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample
+from sampling.vllm_engine import VLLMEngineSampler, VLLMSettings, running_vllm_engine
+from sampling.vllm_server import VLLMServerSampler, running_vllm_server
 
-from lm.embedded import embedded_checkpoint  # noqa: E402
-from lm.loading import load_model, load_tokenizer, set_threads  # noqa: E402
-from sampling.sampler import SampleRequest, SamplingParams, TransformersSampler, sample  # noqa: E402
-from sampling.vllm_engine import VLLMEngineSampler, VLLMSettings, running_vllm_engine  # noqa: E402
-from sampling.vllm_server import VLLMServerSampler, running_vllm_server  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SYSTEM = "You are a customer-support agent for Larkspur Supply Co. Reply to the customer helpfully and briefly."
 
