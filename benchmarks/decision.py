@@ -75,7 +75,7 @@ def sample_pool(store: Store, config: RoundConfig, backend: str, models: tuple[s
         with model_sampler(store, config, model_id, backend, eval_id) as sampler:
             for first, k in timed_slices(pool):
                 started = time.perf_counter()
-                answers[model_id] += sample_side(store, sampler, model_id, eval_id, heldout, config.policy.system_prompt, params,
+                answers[model_id] += sample_side(store, sampler, model_id, eval_id, heldout, config.system_prompt(), params,
                                                  seed, first, k)
                 seconds[first] += time.perf_counter() - started
         print(f"sampled {model_id}: {len(answers[model_id])} answers", flush=True)

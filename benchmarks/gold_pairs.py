@@ -4,7 +4,7 @@
 
 Takes the first N train prompts of the bundled support task in a fixed shuffle, and has the embedded
 SmolLM2 answer each twice with the round's default sampler settings (temperature 0.8, top-p 0.95,
-96 new tokens) and the default system prompt. Writes one JSON object per pair (prompt, tags,
+96 new tokens) and the bundled constitution's system prompt. Writes one JSON object per pair (prompt, tags,
 text_a, text_b) for people to label; review/gold/README.md says how the bundled gold set was
 labelled from this file.
 """
@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from flows.config import DEFAULT_SYSTEM_PROMPT, SamplerConfig
+from constitution.loader import load_constitution
+from flows.config import SamplerConfig
 from lm.embedded import embedded_checkpoint
 from lm.loading import load_model, load_tokenizer, set_threads
 from prompts.loader import load_prompts
@@ -37,7 +38,8 @@ def main() -> None:
     checkpoint = embedded_checkpoint()
     sampler = TransformersSampler(load_model(checkpoint), load_tokenizer(checkpoint))
     params = SamplerConfig(batch_size=32).params()  # n=2, the round's default decoding
-    requests = [SampleRequest(key=p.prompt_id, system=DEFAULT_SYSTEM_PROMPT, user=p.text) for p in train]
+    system = load_constitution("bundled:support").system_prompt
+    requests = [SampleRequest(key=p.prompt_id, system=system, user=p.text) for p in train]
     replies: dict[str, list[str]] = {}
     for c in sorted(sample(sampler, requests, params, args.seed), key=lambda c: c.sample_index):
         replies.setdefault(c.key, []).append(c.text.strip())

@@ -145,6 +145,9 @@ class Constitution(BaseModel):
     principles: list[Principle] = Field(min_length=1)
     neutral_endings: list[str] = Field(
         default_factory=list, description="qualification fillers that break nothing; empty = generic ones")
+    system_prompt: str = Field(default="", description=(
+        "the domain's system message for the policy (what it is and whom it answers); not part of the content hash, "
+        "which covers what the judge is shown"))
 
     @field_validator("principles")
     @classmethod
@@ -158,7 +161,7 @@ class Constitution(BaseModel):
 
     @property
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"system_prompt"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def principle(self, principle_id: str) -> Principle:

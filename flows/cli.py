@@ -45,16 +45,28 @@ def _run(config: RoundConfig, round_index: Optional[int]) -> None:
 
 @app.command()
 @guard
-def init(directory: Path = typer.Argument(Path("."), help="where to write rlaif.yaml and constitution.yaml")) -> None:
-    """Write a starter config and constitution into DIRECTORY."""
+def init(directory: Path = typer.Argument(Path("."), help="where to write the files"),
+         domain: Optional[str] = typer.Option(None, "--domain", help="scaffold a new domain of this name: its "
+                                              "constitution (with system prompt), prompts and config, with comments")) -> None:
+    """Write a starter config and constitution into DIRECTORY (the bundled support task's), or, with
+    --domain NAME, a new domain to fill in: constitution.yaml, prompts.yaml and rlaif.yaml."""
     directory.mkdir(parents=True, exist_ok=True)
-    config_path, constitution_path = directory / "rlaif.yaml", directory / "constitution.yaml"
-    for path in (config_path, constitution_path):
+    config_path, constitution_path, prompts_path = directory / "rlaif.yaml", directory / "constitution.yaml", directory / "prompts.yaml"
+    written = [config_path, constitution_path] + ([prompts_path] if domain else [])
+    for path in written:
         if path.exists():
             fail(f"{path} already exists; not overwriting", 2)
-    shutil.copyfile(bundled_constitution_path("support"), constitution_path)
-    config_path.write_text((resources.files("flows") / "starter.yaml").read_text())
-    console.print(f"wrote {config_path} and {constitution_path}\nnext: rlaif round --config {config_path}")
+    starter = (resources.files("flows") / "starter.yaml").read_text()
+    if domain is None:
+        shutil.copyfile(bundled_constitution_path("support"), constitution_path)
+    else:
+        if not domain.replace("-", "").replace("_", "").isalnum():
+            fail(f"--domain {domain!r}: use letters, digits, '-' or '_'", 2)
+        for name, path in (("constitution.yaml", constitution_path), ("prompts.yaml", prompts_path)):
+            path.write_text((resources.files("flows") / "domain" / name).read_text().replace("{name}", domain))
+        starter = starter.replace("source: bundled:support", "source: prompts.yaml").replace("gold: [bundled:support]", "gold: []")
+    config_path.write_text(starter)
+    console.print(f"wrote {', '.join(str(p) for p in written)}\nnext: rlaif round --config {config_path}")
 
 
 @app.command("round")

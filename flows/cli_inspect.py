@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from flows.cli_common import CONFIG_OPTION, DB_OPTION, console, existing_store, fail, guard, round_or_latest, store_location
-from flows.config import ConfigError
+from flows.config import ConfigError, RoundConfig
 from flows.tables import (
     StatusLine,
     agreement_table,
@@ -143,7 +143,7 @@ def export(out: Path = typer.Argument(..., help="output file: .jsonl or .parquet
         if rnd.judge_id is None:
             raise StoreError(f"round {rnd.round_index} has no finished judging to export (status {rnd.status})")
         records = round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash)
-        system_prompt = rnd.config_json["policy"]["system_prompt"]
+        system_prompt = RoundConfig.model_validate(rnd.config_json).system_prompt()
     write_rows(trl_rows(records, system_prompt, rnd.round_index), out)
     humans = sum(r.source == "human" for r in records)
     console.print(f"wrote {len(records)} pairs of round {rnd.round_index} to {escape(str(out))} ({humans} human-labelled)")

@@ -44,7 +44,7 @@ def compare_models(config: RoundConfig, model_a: str, model_b: str) -> EvalOutco
             for model_id in (model_a, model_b):  # one model (or engine) at a time
                 with model_sampler(store, config, model_id, backend, eval_id) as sampler, \
                         progress_bar(f"sampling {model_id} {first + 1}-{first + k} ({backend})") as progress:
-                    sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.policy.system_prompt, params,
+                    sides.append(sample_side(store, sampler, model_id, eval_id, prompts, config.system_prompt(), params,
                                              seed, first, k, progress))
             return sides[0], sides[1]
 

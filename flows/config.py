@@ -26,10 +26,8 @@ from store.rows import AgreementRow
 from training.data import DataPolicy
 from training.trainer import DPOParams
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a customer-support agent for Larkspur Supply Co., an online store for outdoor gear, "
-    "clothing and home goods. Reply to the customer directly, helpfully, honestly and briefly."
-)
+# The policy's system message when neither the config nor the constitution gives one.
+GENERIC_SYSTEM_PROMPT = "You are a helpful assistant. Reply directly, helpfully, honestly and briefly."
 
 
 class ConfigError(ValueError):
@@ -42,7 +40,8 @@ class _Section(BaseModel):
 
 class PolicyConfig(_Section):
     path: str | None = Field(default=None, description="checkpoint directory; empty = embedded SmolLM2-135M-Instruct")
-    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="the system message of every request to the policy")
+    system_prompt: str | None = Field(default=None, description=(
+        "the system message of every request to the policy; empty = the constitution's system_prompt (the domain's)"))
 
 
 class PromptsConfig(_Section):
@@ -162,6 +161,14 @@ class RoundConfig(_Section):
                              f"{self.sampler.vllm.max_lora_rank}: vLLM could not serve the adapters")
         return self
 
+    def system_prompt(self) -> str:
+        """The policy's system message: the config's, else the constitution's, else a generic one."""
+        if self.policy.system_prompt:
+            return self.policy.system_prompt
+        from constitution.loader import load_constitution
+
+        return load_constitution(self.constitution).system_prompt or GENERIC_SYSTEM_PROMPT
+
     def artifacts_dir(self) -> Path:
         if self.store.artifacts_dir:
             return Path(self.store.artifacts_dir)
@@ -247,6 +254,8 @@ def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundCo
 
     config = with_store(config, db)
     load_constitution(config.constitution)
+    # settled now, so the round's config snapshot (what stages on workers read) holds the words used
+    config = config.model_copy(update={"policy": config.policy.model_copy(update={"system_prompt": config.system_prompt()})})
     load_prompts(config.prompts.source)
     for source in config.eval.probes:
         load_probe_set(source)

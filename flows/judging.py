@@ -64,7 +64,7 @@ def qualification_set(config: RoundConfig, constitution: Constitution, split: Sp
     """(set hash, prompts): known without sampling, so a stored result is found for free."""
     prompts = [p.text for p in select_heldout_prompts(load_prompts(config.prompts.source),
                                                       config.judge.qualification_prompts, config.seed)]
-    answered_by = {"policy": stable_id("base", config.policy.path or "embedded"), "system": config.policy.system_prompt,
+    answered_by = {"policy": stable_id("base", config.policy.path or "embedded"), "system": config.system_prompt(),
                    "params": _answer_params(config).model_dump(mode="json"), "seed": config.seed}
     return set_hash(constitution, prompts, answered_by, split), prompts
 
@@ -74,7 +74,7 @@ def policy_answers(config: RoundConfig, prompts: list[str]) -> list[str]:
     checkpoint = base_checkpoint(config.policy.path)
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     params = _answer_params(config)
-    requests = [SampleRequest(key=str(i), system=config.policy.system_prompt, user=p) for i, p in enumerate(prompts)]
+    requests = [SampleRequest(key=str(i), system=config.system_prompt(), user=p) for i, p in enumerate(prompts)]
     answers = {c.key: c.text.strip() for c in sample(TransformersSampler(model, tokenizer), requests, params, config.seed)}
     return [answers[str(i)] or "(no answer)" for i in range(len(prompts))]
 

@@ -90,7 +90,7 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         if flow_run.id is not None:  # who works on the round: the loop counts its rounds by it, a release resumes it
             store.set_flow_run(rnd.round_id, str(flow_run.id))
         ctx = RoundContext(store, config, constitution, prompts, rnd, set_threads(config.runtime.threads))
-        for note in prompt_shortfalls(config, prompts):
+        for note in prompt_shortfalls(config, prompts) + domain_mismatch(config, constitution):
             logger.warning(note)
         logger.info("round %d (%s): policy %s, constitution %s, %d torch threads, stages %s",
                     rnd.round_index, rnd.round_id, rnd.policy_id, constitution.content_hash, ctx.threads,
@@ -170,6 +170,19 @@ def stop_on_sigterm(round_index: int) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def domain_mismatch(config: RoundConfig, constitution: Constitution) -> list[str]:
+    """A policy told it is another domain's agent: the bundled support task's system message with
+    another constitution, or a constitution with no system message of its own."""
+    support = load_constitution("bundled:support")
+    if constitution.name != support.name and config.system_prompt() == support.system_prompt:
+        return [f"the policy's system message is the bundled support task's, but the constitution is {constitution.name!r}: "
+                "give the domain its own (the constitution's system_prompt, or policy.system_prompt)"]
+    if not config.policy.system_prompt and not constitution.system_prompt:
+        return [f"constitution {constitution.name!r} has no system_prompt and policy.system_prompt is empty: the policy "
+                "gets a generic one"]
+    return []
 
 
 def prompt_shortfalls(config: RoundConfig, prompts: list[Prompt]) -> list[str]:

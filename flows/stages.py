@@ -175,7 +175,7 @@ def training_stage(ctx: RoundContext) -> TrainOutcome:
     store, config, rnd = ctx.store, ctx.config, ctx.rnd
     judge_id = _needs(ctx, "judging").judge_id
     policy, tokenizer = ctx.policy()
-    dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer, config.policy.system_prompt)
+    dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer, config.system_prompt())
     ctx.note("training")
     outcome, candidate = train(store, config, rnd, policy, tokenizer, dataset, judge_id, ctx.threads)
     if candidate is not None:
@@ -330,7 +330,7 @@ def sample_pairs(store: Store, config: RoundConfig, rnd: RoundRow, backend: str,
     `loaded`: the policy as (model, tokenizer) when the backend is transformers."""
     with model_sampler(store, config, rnd.policy_id, backend, rnd.round_id, loaded) as sampler, \
             progress_bar(f"sampling completions ({backend})") as progress:
-        completions = sample_for_round(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.policy.system_prompt,
+        completions = sample_for_round(store, sampler, rnd.policy_id, rnd.round_id, prompts, config.system_prompt(),
                                        config.sampler.params(), rnd.seed, "train", progress)
     pairs = pair_samples(completions, rnd.round_id)
     store.append(pairs)
@@ -402,11 +402,11 @@ def evaluate_candidate(store: Store, config: RoundConfig, rnd: RoundRow, backend
     with samplers as (sampler_a, sampler_b):
         def sample_more(first: int, k: int) -> tuple[list[CompletionRow], list[CompletionRow]]:
             with progress_bar(f"eval: sampling {first + 1}-{first + k} ({backend})") as progress:
-                side_a = sample_side(store, sampler_a, candidate_id, rnd.round_id, prompts, config.policy.system_prompt,
+                side_a = sample_side(store, sampler_a, candidate_id, rnd.round_id, prompts, config.system_prompt(),
                                      params, rnd.seed, first, k, lambda done, total: progress(done, 2 * total))
                 with candidate.disable_adapter() if sampler_b is None else nullcontext():  # transformers: adapter off
                     side_b = sample_side(store, sampler_b or sampler_a, rnd.policy_id, rnd.round_id, prompts,
-                                         config.policy.system_prompt, params, rnd.seed, first, k,
+                                         config.system_prompt(), params, rnd.seed, first, k,
                                          lambda done, total: progress(total + done, 2 * total))
             return side_a, side_b
 

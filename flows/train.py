@@ -71,7 +71,7 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
             _check_reviews(store, config, rnd, judge_id)
             policy, tokenizer = load_lineage(store, rnd.policy_id)
             dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer,
-                                          config.policy.system_prompt)
+                                          config.system_prompt())
             params = config.training.dpo_params()
             plan, refusal = plan_candidate(dataset, params, config.training.data_policy(), rnd.policy_id, rnd.round_id,
                                            config.artifacts_dir(), rnd.seed)

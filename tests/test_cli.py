@@ -78,6 +78,29 @@ def test_init_writes_a_config_that_loads_and_refuses_to_overwrite(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_init_domain_scaffolds_a_domain_whose_policy_is_told_what_it_is(tmp_path):
+    from constitution.loader import load_constitution
+    from flows.config import checked_config
+    from flows.round import domain_mismatch, prompt_shortfalls
+    from prompts.loader import load_prompts
+
+    result = runner.invoke(app, ["init", str(tmp_path / "cooking"), "--domain", "cooking"])
+    assert result.exit_code == 0, result.output
+    config = checked_config(load_config(tmp_path / "cooking" / "rlaif.yaml"))
+    constitution = load_constitution(config.constitution)
+    prompts = load_prompts(config.prompts.source)
+    assert constitution.name == "cooking" and "cooking" in constitution.system_prompt
+    assert config.system_prompt() == constitution.system_prompt == config.policy.system_prompt  # settled by checked_config
+    assert any(p.check for p in constitution.principles) and any(len(p.violations) >= 4 for p in constitution.principles)
+    assert {p.split for p in prompts} == {"train", "heldout"} and config.review.gold == []
+    assert domain_mismatch(config, constitution) == []
+    assert any("has 3 held-out prompts" in note for note in prompt_shortfalls(config, prompts))  # the starter asks for 24
+    # the bundled support agent's system message with this constitution: the round says so at its start
+    support = load_constitution("bundled:support").system_prompt
+    told_wrong = config.model_copy(update={"policy": config.policy.model_copy(update={"system_prompt": support})})
+    assert "the bundled support task's" in domain_mismatch(told_wrong, constitution)[0]
+
+
 def test_status_without_a_database_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["status", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code == 2 and "no such database" in result.output

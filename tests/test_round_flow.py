@@ -184,7 +184,7 @@ principles:
         prompts = store.by_ids(PromptRow, [c.prompt_id for c in completions])
         with torch.no_grad():
             recomputed = sequence_logps(policy, collate(
-                [encode_chat(tokenizer, config.policy.system_prompt, prompts[c.prompt_id].text) for c in completions],
+                [encode_chat(tokenizer, config.system_prompt(), prompts[c.prompt_id].text) for c in completions],
                 [c.token_ids for c in completions], tokenizer.pad_token_id))
         gaps = [abs(float(r) - c.sum_logprob) / len(c.token_ids) for r, c in zip(recomputed, completions)]
         return sum(gaps) / len(gaps)
@@ -284,7 +284,7 @@ def test_release_lets_a_waiting_round_train_without_reviews(prefect_harness, rou
     assert rows == pq.read_table(config.store.file.parent / "dpo.parquet").to_pylist()
     assert len(rows) == summary.train.audit.n_pairs and {r["source"] for r in rows} == {"judge"}  # before length balancing
     first = rows[0]
-    assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["prompt"][0]["content"] == config.policy.system_prompt
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"] and first["prompt"][0]["content"] == config.system_prompt()
     assert [m["role"] for m in first["chosen"]] == [m["role"] for m in first["rejected"]] == ["assistant"]
     bad = runner.invoke(app, ["export", str(config.store.file.parent / "dpo.csv"), "--db", str(config.store.file)])
     assert bad.exit_code == 2 and "use a .jsonl or .parquet" in bad.output
