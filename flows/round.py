@@ -33,11 +33,12 @@ from evals.stage import EvalOutcome
 from flows.config import RoundConfig
 from flows.judging import judge_server, refuse_unqualified
 from flows.policy import EMBEDDED_PATH
-from flows.stages import RoundContext, deploy_stages, dispatch
+from flows.stages import EVAL, JUDGING, QUALIFY, SAMPLING, TRAINING, RoundContext, deploy_stages, dispatch
+from flows.train import training_check
 from judges.qualification import QualificationGate
 from lm.loading import set_threads
 from prompts.loader import Prompt, load_prompts
-from review.agreement import AgreementCheck, round_agreement
+from review.agreement import AgreementCheck
 from review.session import queue_progress
 from store.db import Store, StoreError
 from store.ids import stable_id, stable_int
@@ -116,10 +117,10 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
 
 def run_round(ctx: RoundContext) -> RoundSummary:
     store, config, rnd = ctx.store, ctx.config, ctx.rnd
-    trusted: QualificationGate = dispatch(ctx, "qualify")
+    trusted = dispatch(ctx, QUALIFY)
     refuse_unqualified(config, ctx.constitution, trusted)  # judge.require_qualified: before anything is sampled
-    sampled = dispatch(ctx, "sampling")
-    judged = dispatch(ctx, "judging")
+    sampled = dispatch(ctx, SAMPLING)
+    judged = dispatch(ctx, JUDGING)
     store.set_round_judge(rnd.round_id, judged.judge_id)
     so_far = dict(round_index=rnd.round_index, round_id=rnd.round_id, policy_id=rnd.policy_id, judge_id=judged.judge_id,
                   sampling_backend=sampled.backend, threads=ctx.threads, pairs_judged=judged.pairs_judged,
@@ -130,14 +131,9 @@ def run_round(ctx: RoundContext) -> RoundSummary:
         return RoundSummary(**so_far, train=TrainOutcome(trained=False, reason=waiting), eval=None, candidate_id=None,
                             promoted=False, decision=waiting, status="waiting_for_review")
 
-    agreement = judge_human_agreement(store, config, rnd, judged.judge_id, ctx.constitution)
-    if agreement.passed:
-        outcome: TrainOutcome = dispatch(ctx, "training")
-    else:
-        outcome = TrainOutcome(trained=False, reason=agreement.reason)
-    evaluation = None
-    if outcome.candidate_id is not None and not outcome.collapsed:
-        evaluation = dispatch(ctx, "eval")
+    agreement = judge_human_agreement(store, config, rnd, judged.judge_id)
+    outcome = dispatch(ctx, TRAINING) if agreement.passed else TrainOutcome(trained=False, reason=agreement.reason)
+    evaluation = dispatch(ctx, EVAL) if outcome.candidate_id is not None and not outcome.collapsed else None
     promoted, decision = promote(store, outcome, evaluation)
 
     return RoundSummary(**so_far, agreement=agreement, train=outcome, eval=evaluation, candidate_id=outcome.candidate_id,
@@ -269,12 +265,11 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str,
-                          constitution: Constitution) -> AgreementCheck:
-    """Human labels (the majority of each reviewed pair) vs the judge's verdicts, stored; under the bars, no training."""
-    rows = round_agreement(store, rnd.round_id, judge_id, constitution.content_hash)
+def judge_human_agreement(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str) -> AgreementCheck:
+    """People's labels (the majority of each reviewed pair) vs the judge's verdicts, stored; under the
+    bars, no training (flows/train.py training_check: the one gate, which `rlaif train` asks too)."""
+    check, rows = training_check(store, config, rnd, judge_id)
     store.append(rows)
-    check = config.review.agreement_check(rows)
     (get_run_logger().info if check.passed else get_run_logger().warning)("judge-human agreement: %s", check.reason)
     return check
 

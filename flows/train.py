@@ -1,12 +1,15 @@
-"""A round's DPO training as its own command (`rlaif train`), for `accelerate launch` on many GPUs.
+"""A round's DPO training, orchestrated in one place for the round's training stage and `rlaif train`.
 
     accelerate launch --multi_gpu --num_processes 4 -m flows.cli train --config rlaif.yaml --round 3
 
-Every process reads the round's data from DuckDB read-only and the same plan comes out on each
-(same pairs, same ids). Only then does the main process open the file for writing: DuckDB allows
-one writer or many readers, never both. The main process stores each step's metrics (reduced over
-processes), saves the adapter and records the candidate; a later `rlaif round` finds the candidate
-and goes on to evaluate it. The round flow launches this itself when `training.processes` > 1.
+`train_in_round` is the training stage's body: it plans the candidate from the round's trustworthy
+pairs, reloads one an earlier run already recorded, and otherwise trains here, or, with
+`training.processes` > 1, runs `rlaif train` under `accelerate launch` and reads back what that
+recorded. `train_round` is `rlaif train`: in every launched process the same plan comes out (same
+pairs, same ids) from a read-only store; only then does the main process open the file for writing
+(DuckDB allows one writer or many readers, never both), store each step's metrics (reduced over
+processes), save the adapter and record the candidate. Both ask `training_check` first: the one
+review gate.
 """
 
 from __future__ import annotations
@@ -16,22 +19,80 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flows.config import RoundConfig
 from flows.policy import load_lineage
-from review.agreement import round_agreement
+from review.agreement import AgreementCheck, round_agreement
 from review.session import queue_progress
 from store.db import Store, StoreError
-from store.rows import RoundRow, StepMetrics, TrainMetricRow
-from training.candidate import TrainOutcome, fit_candidate, plan_candidate, record_candidate, recorded_outcome
+from store.rows import AgreementRow, RoundRow, StepMetrics, TrainMetricRow
+from training.candidate import CandidatePlan, TrainOutcome, fit_candidate, plan_candidate, record_candidate, recorded_outcome
 from training.data import round_training_data
+from training.trainer import num_steps
 
 
 class TrainRefused(RuntimeError):
     """The round's data may not be trained on (message says why)."""
+
+
+def training_check(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str) -> tuple[AgreementCheck, list[AgreementRow]]:
+    """The one check before a round trains: its reviews are done or released, and the judge agrees with
+    the reviewers well enough (review.min_kappa, review.min_accuracy). Returns the check and the
+    agreement rows it read (the round stores them)."""
+    done = queue_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
+    if rnd.status == "waiting_for_review" and not rnd.review_released and done.done < done.total:
+        return AgreementCheck(passed=False, n=0, accuracy=None, kappa=None,
+                              reason=f"round {rnd.round_index} is waiting for reviews ({done.done}/{done.total} queued "
+                                     f"pairs reviewed); review them or `rlaif review release {rnd.round_index}`"), []
+    rows = round_agreement(store, rnd.round_id, judge_id, rnd.constitution_hash)
+    return config.review.agreement_check(rows), rows
+
+
+def plan_round_candidate(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str,
+                         tokenizer: PreTrainedTokenizerBase) -> CandidatePlan | TrainOutcome:
+    """The candidate the round's data and config define, or the data policy's refusal."""
+    dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer, config.system_prompt())
+    plan, refusal = plan_candidate(dataset, config.training.dpo_params(), config.training.data_policy(), rnd.policy_id,
+                                   rnd.round_id, config.artifacts_dir(), rnd.seed)
+    if refusal is not None:
+        return refusal
+    assert plan is not None  # plan_candidate returns a plan or a refusal
+    return plan
+
+
+def train_in_round(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str, policy: PreTrainedModel,
+                   tokenizer: PreTrainedTokenizerBase, threads: int, progress: Callable[[int, int], None],
+                   log: Callable[[str], None]) -> tuple[TrainOutcome, PeftModel | None]:
+    """The round's candidate: (the outcome, the policy with the candidate's adapter; None if not trained)."""
+    plan = plan_round_candidate(store, config, rnd, judge_id, tokenizer)
+    if isinstance(plan, TrainOutcome):
+        return plan, None
+    done = recorded_outcome(store, plan)
+    if done is None and config.training.processes > 1:
+        log(f"training on {config.training.processes} processes (accelerate launch)")
+        with store.released():  # the launched processes need the DuckDB file to themselves
+            log(f"distributed training done; log: {launch_training(config, rnd.round_index, judge_id, threads)}")
+        done = recorded_outcome(store, plan)
+        if done is None:
+            raise RuntimeError(f"the launched training finished but did not record candidate {plan.candidate_id}")
+    if done is not None:  # trained by an earlier run of this round, or by the launched processes
+        return done, PeftModel.from_pretrained(policy, plan.adapter_dir)
+
+    params, total = config.training.dpo_params(), num_steps(len(plan.pairs), config.training.dpo_params())
+    progress(0, total)
+
+    def on_step(m: StepMetrics) -> None:  # stored at once: a crashed run keeps the steps it finished
+        store.append([TrainMetricRow(run_id=plan.run_id, **m.model_dump())])
+        progress(m.step + 1, total)
+
+    result, model = fit_candidate(policy, tokenizer, plan, params, rnd.seed, on_step)
+    return record_candidate(store, plan, result, rnd.policy_id, rnd.round_id, rnd.round_index), model
 
 
 def round_judge(store: Store, rnd: RoundRow, judge_id: str | None) -> str:
@@ -48,8 +109,9 @@ def round_judge(store: Store, rnd: RoundRow, judge_id: str | None) -> str:
 
 
 def train_round(config: RoundConfig, round_index: int, judge_id: str | None = None) -> TrainOutcome | None:
-    """Train round `round_index`'s candidate with this process's share of each step; returns the
-    outcome on the main process (None on the others). Raises TrainRefused if the data may not train."""
+    """`rlaif train`: train round `round_index`'s candidate with this process's share of each step;
+    returns the outcome on the main process (None on the others). Raises TrainRefused if the data
+    may not train."""
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -68,16 +130,13 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
             if rnd is None:
                 raise StoreError(f"{store.name} has no round {round_index}")
             judge_id = round_judge(store, rnd, judge_id)
-            _check_reviews(store, config, rnd, judge_id)
+            check, _ = training_check(store, config, rnd, judge_id)
+            if not check.passed:
+                raise TrainRefused(check.reason)
             policy, tokenizer = load_lineage(store, rnd.policy_id)
-            dataset = round_training_data(store, rnd, judge_id, config.training.mix_rounds, tokenizer,
-                                          config.system_prompt())
-            params = config.training.dpo_params()
-            plan, refusal = plan_candidate(dataset, params, config.training.data_policy(), rnd.policy_id, rnd.round_id,
-                                           config.artifacts_dir(), rnd.seed)
-            if refusal is not None:
-                raise TrainRefused(refusal.reason)
-            assert plan is not None  # plan_candidate returns a plan or a refusal
+            plan = plan_round_candidate(store, config, rnd, judge_id, tokenizer)
+            if isinstance(plan, TrainOutcome):
+                raise TrainRefused(plan.reason)
             done = recorded_outcome(store, plan)
     finally:
         state.wait_for_everyone()  # every read-only connection is closed before the writer opens
@@ -90,22 +149,11 @@ def _train_round(state, config: RoundConfig, round_index: int, judge_id: str | N
             if writer is not None:  # stored at once: a crashed run keeps the steps it finished
                 writer.append([TrainMetricRow(run_id=plan.run_id, **m.model_dump())])
 
-        result, _ = fit_candidate(policy, tokenizer, plan, params, rnd.seed, on_step)
+        result, _ = fit_candidate(policy, tokenizer, plan, config.training.dpo_params(), rnd.seed, on_step)
         return record_candidate(writer, plan, result, rnd.policy_id, rnd.round_id, rnd.round_index) if writer else None
     finally:
         if writer is not None:
             writer.close()
-
-
-def _check_reviews(store: Store, config: RoundConfig, rnd: RoundRow, judge_id: str) -> None:
-    """Refuse what the round flow would refuse: unreleased reviews, or a judge the reviewers disagree with."""
-    done = queue_progress(store, rnd.round_index, "", config.review.reviews_per_pair)
-    if rnd.status == "waiting_for_review" and not rnd.review_released and done.done < done.total:
-        raise TrainRefused(f"round {rnd.round_index} is waiting for reviews ({done.done}/{done.total} queued pairs reviewed); "
-                           f"review them or `rlaif review release {rnd.round_index}`")
-    check = config.review.agreement_check(round_agreement(store, rnd.round_id, judge_id, rnd.constitution_hash))
-    if not check.passed:
-        raise TrainRefused(check.reason)
 
 
 def launch_command(config_file: Path, round_index: int, judge_id: str, processes: int, bf16: bool) -> list[str]:

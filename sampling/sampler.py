@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -116,7 +117,7 @@ class TransformersSampler:
 
     backend = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase):
         self.model, self.tokenizer = model, tokenizer
 
     def sample_batch(self, requests: Sequence[SampleRequest], batch: SampleBatch,
@@ -126,7 +127,7 @@ class TransformersSampler:
 
 @torch.no_grad()
 def generate_batch(
-    model: PreTrainedModel,
+    model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     requests: Sequence[SampleRequest],
     batch: SampleBatch,

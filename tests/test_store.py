@@ -20,11 +20,11 @@ def prompt_rows(n: int) -> list[PromptRow]:
 def test_migrations_apply_once_and_are_versioned(store_location):
     db = store_location
     with Store(db) as store:
-        assert store.schema_version() == 6
+        assert store.schema_version() == 7
         assert {"rounds", "models", "prompts", "completions", "pairs", "judgments", "verdicts", "review_queue", "reviews",
                 "reviewers", "review_sessions", "agreement", "train_runs", "train_metrics", "evals", "stage_runs"} <= set(store.count_rows())
     with Store(db) as store:  # reopening does not re-run the migration (it would fail: tables exist)
-        assert store.schema_version() == 6
+        assert store.schema_version() == 7
 
 
 def test_append_is_idempotent_and_survives_reopen(store_location):

@@ -1,6 +1,7 @@
 """A round's candidate: plan it (ids fixed by data and config), train a LoRA adapter with DPO, record
 it (train run, metrics, the `models` row of its lineage). A planned candidate that was already
-recorded is reloaded, not retrained."""
+recorded is reloaded, not retrained. flows/train.py puts these together, once, for the round and
+for `rlaif train`."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from store.db import Store
 from store.ids import stable_id
-from store.rows import ModelRow, StepMetrics, TrainMetricRow, TrainRunRow
+from store.rows import ModelRow, StepMetrics, TrainRunRow
 from training.audit import AuditedPair, ConfoundAudit, audit
 from training.data import DataPolicy, prepare_data
 from training.pairs import PreferencePair
-from training.trainer import DPOParams, TrainResult, add_lora, num_steps, train_dpo
+from training.trainer import DPOParams, TrainResult, add_lora, train_dpo
 
 
 class TrainOutcome(BaseModel):
@@ -135,49 +136,3 @@ def record_candidate(store: Store, plan: CandidatePlan, result: TrainResult, par
     outcome = recorded_outcome(store, plan)
     assert outcome is not None  # just written
     return outcome
-
-
-def train_candidate(
-    store: Store,
-    policy: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    audited: Sequence[AuditedPair],
-    params: DPOParams,
-    data: DataPolicy,
-    parent_id: str,
-    round_id: str,
-    round_index: int,
-    artifacts_dir: Path,
-    seed: int,
-    progress: Callable[[int, int], None] = lambda done, total: None,
-    launch: Callable[[], None] | None = None,
-) -> tuple[TrainOutcome, PeftModel | None]:
-    """Audit, then train a LoRA adapter on `policy` (if the data allows it) and record it.
-
-    Returns the outcome and the policy wrapped with the candidate adapter (None if not trained).
-    A candidate already trained by an earlier run of this round is loaded, not retrained; a run
-    that crashed mid-training resumes from its last checkpoint. With `launch`, the training runs
-    there instead (`rlaif train` under `accelerate launch`), which must record the candidate.
-    """
-    plan, refusal = plan_candidate(audited, params, data, parent_id, round_id, artifacts_dir, seed)
-    if refusal is not None:
-        return refusal, None
-    assert plan is not None
-    done = recorded_outcome(store, plan)
-    if done is None and launch is not None:
-        launch()
-        done = recorded_outcome(store, plan)
-        if done is None:
-            raise RuntimeError(f"the launched training finished but did not record candidate {plan.candidate_id}")
-    if done is not None:
-        return done, PeftModel.from_pretrained(policy, plan.adapter_dir)
-
-    total = num_steps(len(plan.pairs), params)
-    progress(0, total)
-
-    def on_step(m: StepMetrics) -> None:  # stored at once: a crashed run keeps the steps it finished
-        store.append([TrainMetricRow(run_id=plan.run_id, **m.model_dump())])
-        progress(m.step + 1, total)
-
-    result, model = fit_candidate(policy, tokenizer, plan, params, seed, on_step)
-    return record_candidate(store, plan, result, parent_id, round_id, round_index), model
