@@ -219,5 +219,8 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Rewrite docs/results.md from the JSON files in docs/results/.").parse_args()
     PAGE.write_text(render())
     print(f"wrote {PAGE}")

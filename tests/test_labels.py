@@ -195,7 +195,8 @@ def test_the_trust_rule_switches_a_principle_on_and_off_by_its_agreement_with_pe
         return truth(i) if judge_agrees else {"a": "b", "b": "a"}[truth(i)]
 
     config = RoundConfig.model_validate({"constitution": str(tmp_path / "c.yaml"), "review": {"gold": [str(path)],
-                                         "min_reviewed": 10, "min_kappa": 0.2}, "judge": {"qualify": False},
+                                         "min_reviewed": 10, "min_kappa": 0.2},
+                                         "judge": {"qualify": False, "examples_from_people": 0},
                                          "store": {"path": str(tmp_path / "s.duckdb")}})
     judge = ScriptedJudge("agrees" if judge_agrees else "contradicts", script)
     with Store(config.store) as store:
@@ -210,7 +211,7 @@ def test_the_trust_rule_switches_a_principle_on_and_off_by_its_agreement_with_pe
         gold = store_gold(store, str(path), constitution)
         teach = frozenset(g.pair.pair_id for g in gold if g.part == "teach")
         assert 0 < len(teach) < 40
-        assert store.verdicts(teach, judge.judge_id, constitution.content_hash) == {}  # the judge never saw them
+        assert store.verdicts(teach, judge.judge_id, constitution.content_hash) == {}  # not teaching: the judge never saw them
         assert agreement_with_people(store, judge.judge_id, constitution.content_hash, teach)["helpful"].n == measuring
         assert trusted.people["helpful"].endswith(f"on {measuring} pairs labelled by people")
 

@@ -49,6 +49,8 @@ principles:
     violations:
       - Honestly, only a fool would ask such an obvious question.
       - You clearly cannot read, so I will say it slowly once more.
+      - What a silly thing to ask; anyone with half a brain knows this.
+      - Stop wasting my time with questions a child could answer.
   - id: short
     text: At most 40 words.
     check: {max_words: 40}
@@ -119,11 +121,11 @@ def test_a_judge_that_always_answers_a_fails_on_slot_bias_and_its_votes_do_not_c
     # status, judge-stats and the report say so
     runner, db = CliRunner(), str(config.store.file)
     status = " ".join(runner.invoke(app, ["status", "--db", db], terminal_width=200).output.split())
-    assert "qualification of openai:stub" in status and "│ safe │ 4 │ 0% (0%-49%)" in status and "slot bias +1.00" in status
+    assert "qualification of openai:stub" in status and "│ safe │ 5 (2) │ 0%" in status and "slot bias +1.00" in status
     stats = " ".join(runner.invoke(app, ["judge-stats", "--db", db], terminal_width=200).output.split())
-    assert "│ safe │ 4 │ 0% (0%-49%)" in stats
+    assert "│ safe │ 5 (2) │ 0%" in stats
     report = runner.invoke(app, ["report", str(summary.round_index), "--format", "md", "--db", db]).output
-    assert "## Judge qualification" in report and "not counted" in report and "| safe | 4 | 0% (0%-49%)" in report
+    assert "## Judge qualification" in report and "not counted" in report and "| safe | 5 | 0% (0%-0%)" in report
 
 
 def test_a_judge_that_sees_qualifies_and_a_second_round_asks_nothing_to_qualify(round_config, tmp_path, prefect_harness):
@@ -145,7 +147,7 @@ def test_a_judge_that_sees_qualifies_and_a_second_round_asks_nothing_to_qualify(
     assert first.judge_gate.qualified == ["safe", "polite"], first.judge_gate
     assert "on_topic" in first.judge_gate.unqualified
     result = row.result_json
-    assert result["principles"]["safe"]["sensitivity"] == 1.0 and result["principles"]["safe"]["n"] == 4
+    assert result["principles"]["safe"]["sensitivity"] == 1.0 and result["principles"]["safe"]["n"] == 5
     assert result["slot_bias"] == 0.0 and result["identical_tie_rate"] == 1.0
     # round 2: every request the server saw is one of the round's own (stored) judgments
     assert server.requests - requests_before == new_judgments
@@ -225,7 +227,9 @@ def test_the_bundled_constitution_qualifies_through_the_cli(tmp_path, tiny_model
         result = CliRunner().invoke(app, ["judge", "qualify", "--config", str(tmp_path / "rlaif.yaml"),
                                           "--db", str(tmp_path / "q.duckdb")])
     assert result.exit_code == 0, result.output
-    assert "counted: honest, protects_customers, courteous" in result.output  # resolves_request: off-topic ties
+    unchecked = "(not yet checked against people)"
+    assert f"counted: honest {unchecked}, protects_customers {unchecked}, courteous {unchecked}" in result.output
+    assert "not counted (resolves_request" in result.output  # off-topic answers contain no violation: the stub ties
     assert server.requests == 2 * (4 * 3 + 4 + 4)  # (3 violations + 1 off-topic + 1 identical) x 4 prompts, both orders
 
 
