@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from judges.local_logprob import Formulation, LocalLogprobJudge
-from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
+from judges.local_logprob import LocalFormulation, LocalLogprobJudge
+from judges.openai_judge import OpenAIFormulation, OpenAIJudge, OpenAIJudgeSettings
 from judges.server import JudgeServerSettings
 from judges.stage import PairwiseJudge
 from lm.loading import base_checkpoint, load_model, load_tokenizer
@@ -21,12 +21,13 @@ class JudgeConfig(BaseModel):
         default="local_logprob", description="a local transformers model, or an OpenAI-compatible endpoint (judge.openai)")
     # local_logprob: a local transformers model, verdict read from next-token probabilities
     model_path: str | None = Field(default=None, description="empty = embedded SmolLM2-135M-Instruct")
-    formulation: Formulation = Field(
-        default="pointwise_fewshot",
-        description="local judge: pointwise_fewshot | pointwise | principle_ab (judges/local_logprob.py; measured in docs/results.md)")
-    batch_size: int = Field(default=8, gt=0, description="local judge: requests per forward pass")
+    formulation: Literal["pointwise_fewshot", "pointwise", "principle_ab", "pairwise_json"] | None = Field(
+        default=None, description="how the judge is asked: pointwise_fewshot | pointwise (both kinds), principle_ab "
+        "(local only), pairwise_json (openai only); empty = pointwise_fewshot for a local judge, pairwise_json for an "
+        "endpoint (docs/judges.md; measured in docs/results.md)")
     tie_margin: float = Field(default=0.02, ge=0, lt=1, description="|score| below this is a tie (0.02: chosen on the "
                               "qualification's select split for SmolLM2 pointwise_fewshot, docs/judges.md)")
+    batch_size: int = Field(default=8, gt=0, description="local judge: requests per forward pass")
     max_completion_tokens: int = Field(default=160, gt=0, description="completions are cut to this for the judge")
     # openai: any OpenAI-compatible endpoint; the API key comes from the env var named in openai.api_key_env
     openai: OpenAIJudgeSettings | None = None
@@ -49,15 +50,26 @@ class JudgeConfig(BaseModel):
     def _backend_settings(self) -> JudgeConfig:
         if self.kind == "openai" and self.openai is None:
             raise ValueError("judge.kind is openai but the judge.openai section (base_url, model, ...) is missing")
+        only = {"principle_ab": "local_logprob", "pairwise_json": "openai"}
+        if self.formulation in only and only[self.formulation] != self.kind:
+            raise ValueError(f"judge.formulation {self.formulation} needs judge.kind {only[self.formulation]} (not {self.kind})")
         return self
+
+    def local_formulation(self) -> LocalFormulation:
+        assert self.formulation != "pairwise_json"  # checked by the model
+        return self.formulation or "pointwise_fewshot"
+
+    def openai_formulation(self) -> OpenAIFormulation:
+        assert self.formulation != "principle_ab"  # checked by the model
+        return self.formulation or "pairwise_json"
 
 
 def build_judge(config: JudgeConfig) -> PairwiseJudge:
     """The judge `config` asks for (its server, if managed, must be running: see flows.judging.judge_server)."""
     if config.kind == "openai":
         assert config.openai is not None  # checked by the model
-        return OpenAIJudge(config.openai)
+        return OpenAIJudge(config.openai, config.openai_formulation(), config.tie_margin)
     checkpoint = base_checkpoint(config.model_path)
     return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
                              batch_size=config.batch_size, tie_margin=config.tie_margin,
-                             max_completion_tokens=config.max_completion_tokens, formulation=config.formulation)
+                             max_completion_tokens=config.max_completion_tokens, formulation=config.local_formulation())

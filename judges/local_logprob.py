@@ -32,7 +32,7 @@ from lm.batching import pad_rows
 from lm.loading import chat_text
 from store.ids import stable_id
 
-Formulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
+LocalFormulation = Literal["principle_ab", "pointwise", "pointwise_fewshot"]
 TEMPLATES: dict[str, str] = {"principle_ab": "pairwise_principle_v2", "pointwise": pointwise.TEMPLATE_NAME,
                              "pointwise_fewshot": pointwise.TEMPLATE_NAME}
 
@@ -46,7 +46,7 @@ class LocalLogprobJudge:
         batch_size: int = 8,
         tie_margin: float = 0.02,
         max_completion_tokens: int = 160,
-        formulation: Formulation = "pointwise_fewshot",
+        formulation: LocalFormulation = "pointwise_fewshot",
         taught: Sequence[pointwise.Taught] = (),
     ):
         """`taught`: worked examples from people (pointwise_fewshot only); they are part of the judge's id."""

@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import httpx
 import openai
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from constitution.loader import Constitution, Principle
 from judges import pointwise
@@ -76,15 +76,21 @@ class OpenAIJudgeSettings(BaseModel):
     temperature: float = Field(default=0.0, ge=0, description="of the judge's replies")
     principles_per_comparison: int | None = Field(
         default=None, gt=0, description="Constitutional-AI mode: judge a sampled subset of k principles per pair")
-    tie_margin: float = Field(default=0.05, ge=0, lt=1, description="|score| below this is a tie")
     vote_logprobs: bool = Field(
         default=False, description="ask for token logprobs and score each vote by p(A) - p(B) instead of +-1")
-    formulation: Literal["pairwise_json", "pointwise", "pointwise_fewshot"] = Field(
-        default="pairwise_json", description="pairwise_json: one JSON verdict per (pair, order); pointwise: one "
-        "yes/no question per (reply, principle), scored from the answer token's logprobs (judges/pointwise.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_the_judge(cls, data):
+        if isinstance(data, dict):
+            for key in ("formulation", "tie_margin"):
+                if key in data:
+                    raise ValueError(f"judge.openai.{key} is now judge.{key} (one setting for every kind of judge)")
+        return data
 
 
 Reply = TypeVar("Reply", bound=BaseModel)
+OpenAIFormulation = Literal["pairwise_json", "pointwise", "pointwise_fewshot"]
 
 
 class PointwiseAnswer(NamedTuple):
@@ -155,28 +161,29 @@ def parse_reply(content: str | None, model: type[Reply]) -> Reply:
 
 
 class OpenAIJudge:
-    def __init__(self, settings: OpenAIJudgeSettings, template: JudgeTemplate | None = None,
+    def __init__(self, settings: OpenAIJudgeSettings, formulation: OpenAIFormulation = "pairwise_json",
+                 tie_margin: float = 0.02, template: JudgeTemplate | None = None,
                  client_factory: Callable[[], openai.AsyncOpenAI] | None = None, taught: Sequence[pointwise.Taught] = ()):
         """`taught`: worked examples from people (pointwise_fewshot only); they are part of the judge's id."""
-        self.settings = settings
-        self.taught = list(taught) if settings.formulation == "pointwise_fewshot" else []
-        pointwise_judge = settings.formulation != "pairwise_json"
+        self.settings, self.formulation, self.tie_margin = settings, formulation, tie_margin
+        self.taught = list(taught) if formulation == "pointwise_fewshot" else []
+        pointwise_judge = formulation != "pairwise_json"
         self.template = template or load_template(pointwise.TEMPLATE_NAME if pointwise_judge else TEMPLATE_NAME)
         identity = settings.model_dump(include={"base_url", "model", "temperature", "max_tokens",
-                                                "principles_per_comparison", "tie_margin", "vote_logprobs"})
+                                                "principles_per_comparison", "vote_logprobs"})
+        identity["tie_margin"] = tie_margin
         if pointwise_judge:  # (pairwise_json keeps the ids judgments were cached under before formulations)
-            identity["formulation"] = settings.formulation
+            identity["formulation"] = formulation
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
         if self.taught:
             self.judge_id += f"+taught:{stable_id([t.model_dump() for t in self.taught])[:6]}"
         self.prompt_version = self.template.version
-        self.tie_margin = settings.tie_margin
         self.spend = _Spend(settings)
         self._client_factory = client_factory or self._default_client
 
     def with_taught(self, taught: Sequence[pointwise.Taught]) -> OpenAIJudge:
         """The same endpoint, taught these examples: a judge of its own (its own id, so its own cache)."""
-        return OpenAIJudge(self.settings, self.template, self._client_factory, taught)
+        return OpenAIJudge(self.settings, self.formulation, self.tie_margin, self.template, self._client_factory, taught)
 
     def _default_client(self) -> openai.AsyncOpenAI:
         key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
@@ -190,7 +197,7 @@ class OpenAIJudge:
         return asyncio.run(self._judge_all(items, constitution, progress))
 
     async def _judge_all(self, items, constitution, progress) -> list[OrderJudgment]:
-        if self.settings.formulation != "pairwise_json":
+        if self.formulation != "pairwise_json":
             return await self._judge_pointwise(items, constitution, progress)
         client = self._client_factory()
         gate = asyncio.Semaphore(self.settings.concurrency)
@@ -213,7 +220,7 @@ class OpenAIJudge:
         """Every distinct (message, reply, principle) asked once; both orders of a pair read the same answers."""
         principles = [p for p in constitution.principles if p.judged]
         turns = pointwise.example_turns(self.template, constitution, principles, self.taught) \
-            if self.settings.formulation == "pointwise_fewshot" else []
+            if self.formulation == "pointwise_fewshot" else []
         prefix = [{"role": "system", "content": self.template.system}]
         for example, answer in turns:  # identical in every request, first: a server's prefix cache reuses it
             prefix += [{"role": "user", "content": example}, {"role": "assistant", "content": answer}]
@@ -320,7 +327,7 @@ class OpenAIJudge:
         for p in principles:
             votes[p.id] = _to_pair_vote(getattr(reply.votes, p.id), order, slot_probs.get(p.id))
         score = weighted_score(votes, constitution)
-        winner = winner_of(score, self.settings.tie_margin)
+        winner = winner_of(score, self.tie_margin)
         principle_part = "; ".join(f"{pid}={v.vote}" for pid, v in votes.items())
         return OrderJudgment(
             order=order, parse_status="ok", winner=winner, score=score, votes=votes,

@@ -190,3 +190,20 @@ def test_vote_logprobs_turn_votes_into_soft_scores(tmp_path):
         model_votes = {k: x for k, x in ab.votes_json.items() if x["source"] == "model"}
         assert model_votes and all(x["vote"] == "b" and x["score"] == pytest.approx(-0.6) for x in model_votes.values())
         assert "p(A)=0.20 p(B)=0.80" in next(iter(model_votes.values()))["detail"]
+
+
+def test_formulation_and_tie_margin_are_judge_settings_for_every_kind():
+    from pydantic import ValidationError
+
+    from judges.config import JudgeConfig
+
+    endpoint = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key_env": None}
+    assert JudgeConfig(kind="openai", openai=endpoint).openai_formulation() == "pairwise_json"
+    assert JudgeConfig().local_formulation() == "pointwise_fewshot"
+    assert JudgeConfig(kind="openai", openai=endpoint).tie_margin == JudgeConfig().tie_margin
+    with pytest.raises(ValidationError, match=r"judge.openai.tie_margin is now judge.tie_margin"):
+        JudgeConfig(kind="openai", openai={**endpoint, "tie_margin": 0.05})
+    with pytest.raises(ValidationError, match=r"principle_ab needs judge.kind local_logprob"):
+        JudgeConfig(kind="openai", formulation="principle_ab", openai=endpoint)
+    with pytest.raises(ValidationError, match=r"pairwise_json needs judge.kind openai"):
+        JudgeConfig(formulation="pairwise_json")

@@ -293,8 +293,8 @@ def test_a_pointwise_judge_behind_a_server_asks_each_reply_once_and_qualifies(ro
     with StubOpenAIServer(mode="sees", violations={p.id: p.violations for p in principles},
                           principle_texts={p.id: p.text for p in principles}) as server:
         config = round_config.model_copy(update={"constitution": "bundled:support", "judge": round_config.judge.model_validate(
-            {"kind": "openai", "qualification_prompts": 3, "qualification_max_new_tokens": 8,
-             "openai": {"base_url": server.base_url, "model": "stub", "api_key_env": None, "formulation": formulation}})})
+            {"kind": "openai", "formulation": formulation, "qualification_prompts": 3, "qualification_max_new_tokens": 8,
+             "openai": {"base_url": server.base_url, "model": "stub", "api_key_env": None}})})
         with Store(tmp_path / "q.duckdb") as store:
             trusted, result, _ = trusted_principles(store, config, constitution, build_judge(config.judge))
     assert trusted.qualified == ["honest", "protects_customers", "courteous"], trusted
