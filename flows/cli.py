@@ -1,5 +1,5 @@
-"""The `rlaif` command line: init, round, loop, demo, serve, server, train, compare; status,
-judge-stats, export, report (flows/cli_inspect.py); judge ... (flows/cli_judge.py); review ...
+"""The `rlaif` command line: init, round, loop, collect, demo, serve, server, train, compare; status,
+judge-stats, export, report, track (flows/cli_inspect.py); judge ... (flows/cli_judge.py); review ...
 (flows/cli_review.py). Errors and the `--db` rule: flows/cli_common.py."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ app.command("status")(cli_inspect.status)
 app.command("judge-stats")(cli_inspect.judge_stats)
 app.command("export")(cli_inspect.export)
 app.command("report")(cli_inspect.report)
+app.command("track")(cli_inspect.track)
 
 
 def _run(config: RoundConfig, round_index: Optional[int]) -> None:
@@ -101,16 +102,50 @@ def loop(
 
 @app.command()
 @guard
+def collect(
+    config: Path = typer.Option(..., "--config", "-c", help="round config YAML (its collect section says where replies come from)"),
+    file: Optional[Path] = typer.Option(None, "--file", help="judge the prompts and replies of this JSONL/Parquet file "
+                                        "(sets collect.source to file)"),
+    night: Optional[str] = typer.Option(None, "--night", help="the night this collection is for, YYYY-MM-DD (default: "
+                                        "today, UTC); the same night twice stores nothing twice"),
+    db: Optional[str] = DB_OPTION,
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Collect preferences and stop: replies from the policy, an endpoint or a file, judged in both
+    orders, spot-checks routed, stored. No training (export them with `rlaif export`)."""
+    from datetime import date
+
+    if file is not None:
+        overrides = [*overrides, "collect.source=file", f"collect.file={file.resolve()}"]
+    if night is not None:
+        try:
+            date.fromisoformat(night)
+        except ValueError:
+            raise ConfigError(f"--night {night!r}: expected a date, YYYY-MM-DD") from None
+    usable_store(checked_config(load_config(config, overrides), db).store)  # bad input fails before Prefect starts
+    prefect_defaults()
+    from flows.collect import rlaif_collect
+    from flows.tables import collect_table
+
+    console.print(collect_table(rlaif_collect(config_path=str(config.resolve()), db=absolute_db(db), overrides=overrides,
+                                              night=night)))
+
+
+@app.command()
+@guard
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="round config YAML (read again at every run)"),
     cron: str = typer.Option("0 2 * * *", "--cron", help="when to run (cron syntax)"),
     timezone: str = typer.Option("UTC", "--timezone", help="IANA time zone of the cron, e.g. Europe/Berlin"),
     rounds: int = typer.Option(1, "--rounds", min=1, help="rounds per run"),
     name: str = typer.Option("nightly", "--name", help="deployment name"),
+    collect: bool = typer.Option(False, "--collect", help="serve the collection flow (rlaif-collect: no training) "
+                                 "instead of the round loop (rlaif-loop)"),
     db: Optional[str] = DB_OPTION,
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Serve the loop flow as a scheduled deployment and run what it schedules (stop with Ctrl-C).
+    """Serve the loop flow (or, with --collect, the collection flow) as a scheduled deployment and run
+    what it schedules (stop with Ctrl-C).
 
     Needs a Prefect server that outlives this process: `rlaif server`, then PREFECT_API_URL.
     """
@@ -130,6 +165,14 @@ def serve(
     if not get_current_settings().api.url:
         raise ConfigError("PREFECT_API_URL is not set: start a server with `rlaif server` and "
                           "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would lose the schedule)")
+    if collect:
+        from flows.collect import rlaif_collect
+
+        rlaif_collect.serve(name=name, schedules=[Cron(cron, timezone=timezone)], tags=["rlaif"],
+                            entrypoint_type=EntrypointType.MODULE_PATH,
+                            parameters={"config_path": str(config.resolve()), "db": absolute_db(db), "overrides": overrides},
+                            description=f"preference collection of {config.name} at '{cron}' ({timezone})")
+        return
     from flows.loop import rlaif_loop
 
     # by module path: the runner finds the installed flow wherever `rlaif serve` was started

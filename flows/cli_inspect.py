@@ -1,4 +1,4 @@
-"""`rlaif status`, `judge-stats`, `export`, `report`: read the store, change nothing.
+"""`rlaif status`, `judge-stats`, `export`, `report`, `track`: read the store, change nothing.
 
 With a ducklake store they work while a round writes; a DuckDB file is locked by a running round.
 """
@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from flows.cli_common import CONFIG_OPTION, DB_OPTION, console, existing_store, fail, guard, round_or_latest, store_location
-from flows.config import ConfigError, RoundConfig
+from flows.cli_common import CONFIG_OPTION, DB_OPTION, SET_OPTION, console, existing_store, fail, guard, round_or_latest, store_location
+from flows.config import ConfigError
 from flows.tables import (
     StatusLine,
     agreement_table,
@@ -109,7 +109,8 @@ def status(db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION
         if any(line.point.lc_win_rate is not None for line in lines):
             console.print(evaluations_table([line.point for line in lines]))
         for r in rounds:  # the reasons are sentences: printed in full, wrapped at the terminal's width
-            console.print(f"round {r.round_index} (policy {r.policy_id}): {escape(r.status_reason or r.status)}",
+            console.print(f"{'round' if r.kind == 'round' else 'collection'} {r.round_index} (policy {r.policy_id}): "
+                          f"{escape(r.status_reason or r.status)}",
                           highlight=False)
         print_qualifications(store.qualifications(), round_gates(store, rounds))
         latest = store.agreement(rounds[-1].round_id) if rounds else []
@@ -129,24 +130,35 @@ def judge_stats(round_index: Optional[int] = typer.Option(None, "--round", help=
 
 
 @guard
-def export(out: Path = typer.Argument(..., help="output file: .jsonl or .parquet"),
+def export(out: Path = typer.Argument(..., help="a .jsonl or .parquet file, or a folder (no suffix): a Hugging Face "
+                                                "datasets folder with a dataset card"),
            round_index: Optional[int] = typer.Option(None, "--round", help="round (default: the latest)"),
+           provenance: bool = typer.Option(False, "--provenance", help="add per-pair columns: chosen_side, judge_votes "
+                                           "(per principle), human_labels"),
            db: Optional[str] = DB_OPTION, config: Optional[Path] = CONFIG_OPTION) -> None:
     """Write a round's DPO dataset (trustworthy pairs, human labels applied) in TRL's prompt/chosen/rejected format."""
-    from training.data import round_preferences
-    from training.export import trl_rows, write_rows
+    from flows.export import round_dataset
+    from training.export import FILE_SUFFIXES, dataset_card, write_dataset, write_rows
 
-    if out.suffix not in (".jsonl", ".parquet"):
-        raise ConfigError(f"{out}: use a .jsonl or .parquet file name")
+    folder = out.suffix not in FILE_SUFFIXES
+    if folder and out.suffix and not out.is_dir():
+        raise ConfigError(f"{out}: use a .jsonl or .parquet file name, or a folder name without a suffix "
+                          "(a Hugging Face datasets folder)")
+    if folder and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not an empty folder: export a datasets folder into a new or empty one")
     with existing_store(store_location(db, config), read_only=True) as store:
         rnd = round_or_latest(store, round_index)
         if rnd.judge_id is None:
             raise StoreError(f"round {rnd.round_index} has no finished judging to export (status {rnd.status})")
-        records = round_preferences(store, rnd.round_id, rnd.judge_id, rnd.constitution_hash)
-        system_prompt = RoundConfig.model_validate(rnd.config_json).system_prompt()
-    write_rows(trl_rows(records, system_prompt, rnd.round_index), out)
-    humans = sum(r.source == "human" for r in records)
-    console.print(f"wrote {len(records)} pairs of round {rnd.round_index} to {escape(str(out))} ({humans} human-labelled)")
+        exported = round_dataset(store, rnd, rnd.judge_id, provenance)
+    if folder:
+        write_dataset(exported.rows, out, dataset_card(exported.card), provenance)
+    else:
+        write_rows(exported.rows, out, provenance)
+    what = "a datasets folder with its card, README.md" if folder else "TRL rows"
+    console.print(f"wrote {exported.n_pairs} pairs of round {rnd.round_index} to {escape(str(out))} "
+                  f"({exported.n_human} human-labelled; {what}{', with provenance' if provenance else ''})",
+                  highlight=False, soft_wrap=True)
 
 
 @guard
@@ -171,3 +183,26 @@ def report(round_index: int = typer.Argument(..., metavar="ROUND"),
     partial.write_text(text)
     partial.rename(target)
     console.print(f"wrote {target}", highlight=False, soft_wrap=True)
+
+
+@guard
+def track(round_index: Optional[int] = typer.Argument(None, metavar="ROUND", help="default: the latest round"),
+          config: Path = typer.Option(..., "--config", "-c", help="round config YAML: its `tracking` section says where"),
+          db: Optional[str] = DB_OPTION, overrides: list[str] = SET_OPTION) -> None:
+    """Log a finished round's metrics to TensorBoard / MLflow again (config `tracking`; a round that has
+    a run already gets a new one in its place). A finished round is logged by itself."""
+    from flows.config import load_config
+    from flows.tracking import TrackingError, require_packages, track_round
+
+    settings = load_config(config, overrides).tracking
+    if not settings.enabled:
+        fail(f"{config}: the tracking section sets neither tensorboard nor mlflow", 2)
+    try:
+        require_packages(settings)
+        with existing_store(store_location(db, config, overrides), read_only=True) as store:
+            rnd = round_or_latest(store, round_index)
+            track_round(store, settings, rnd.round_id)
+    except TrackingError as exc:
+        fail(str(exc), 2)
+    where = ", ".join(f"{name} {dest}" for name, dest in (("MLflow", settings.mlflow), ("TensorBoard", settings.tensorboard)) if dest)
+    console.print(f"round {rnd.round_index} logged to {escape(where)}", highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from inputs.files import format_validation_error, load_yaml, read_yaml_mapping
 from judges.config import JudgeConfig
 from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
+from sampling.endpoint import EndpointSettings
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
 from store.location import StoreLocation, parse_location
@@ -139,6 +140,41 @@ class RuntimeConfig(_Section):
     threads: int | None = Field(default=None, gt=0, description="torch threads; empty = physical cores")
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking (flows/tracking.py): each finished round's metrics, read back from the store,
+    logged to TensorBoard and/or MLflow. Off by default; needs `pip install 'rlaif[tracking]'`."""
+
+    tensorboard: str | None = Field(default=None, description=(
+        "TensorBoard log folder; each round writes to its subfolder FOLDER/round-0001, ...; empty = off"))
+    mlflow: str | None = Field(default=None, description=(
+        "MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, or a folder: MLflow's file store, which "
+        "MLflow 3 accepts only with MLFLOW_ALLOW_FILE_STORE=true); one run per round; empty = off"))
+    experiment: str = Field(default="rlaif", description="the MLflow experiment the rounds' runs go to (created if missing)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tensorboard or self.mlflow)
+
+
+class CollectConfig(_Section):
+    """`rlaif collect`: judge completions and store them, no training (docs/collect.md)."""
+
+    source: Literal["policy", "openai", "file"] = Field(default="policy", description=(
+        "policy: sampler.n replies per train prompt from the current policy; openai: from the endpoint collect.openai; "
+        "file: the prompts and replies in collect.file"))
+    file: str | None = Field(default=None, description="source file: JSONL or Parquet rows of {prompt, responses, tags?, "
+                             "id?, metadata?} (sampling/collected.py)")
+    openai: EndpointSettings | None = Field(default=None, description="the OpenAI-compatible endpoint to sample from")
+
+    @model_validator(mode="after")
+    def _source_settings(self) -> CollectConfig:
+        if self.source == "file" and not self.file:
+            raise ValueError("collect.source is file but collect.file is empty")
+        if self.source == "openai" and self.openai is None:
+            raise ValueError("collect.source is openai but the collect.openai section (base_url, model, ...) is missing")
+        return self
+
+
 class RoundConfig(_Section):
     seed: int = Field(default=0, description="every seed of a round (sampling, splits, routing) derives from it")
     constitution: str = Field(default="bundled:support", description="bundled:NAME or a YAML path (docs/constitution.md)")
@@ -153,6 +189,8 @@ class RoundConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     workers: WorkersConfig | None = Field(default=None, description="empty: every stage runs in the round's process")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
 
     @model_validator(mode="after")
     def _adapter_fits_vllm(self) -> RoundConfig:
@@ -214,6 +252,7 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
             "judge": config.judge.model_copy(update={"model_path": resolve(config.judge.model_path)}),  # server.command runs as written
             "eval": config.eval.model_copy(update={"probes": [resolve(p) for p in config.eval.probes]}),
             "review": config.review.model_copy(update={"gold": [resolve(g) for g in config.review.gold]}),
+            "collect": config.collect.model_copy(update={"file": resolve(config.collect.file)}),
             "sampler": config.sampler.model_copy(update={"vllm": config.sampler.vllm.model_copy(
                 update={"python": resolve(config.sampler.vllm.python)})}),
             "store": config.store.model_copy(update={
@@ -221,8 +260,20 @@ def _resolve_paths(config: RoundConfig, base: Path) -> RoundConfig:
                 "data_path": config.store.data_path if config.store.data_path and "://" in config.store.data_path
                 else resolve(config.store.data_path),
                 "catalog": _resolve_sqlite_catalog(config.store.catalog, resolve)}),
+            "tracking": config.tracking.model_copy(update={
+                "tensorboard": resolve(config.tracking.tensorboard), "mlflow": _resolve_mlflow_uri(config.tracking.mlflow, resolve)}),
         }
     )
+
+
+def _resolve_mlflow_uri(uri: str | None, resolve) -> str | None:
+    """A relative SQLite file (sqlite:///NAME.db) or a bare folder (MLflow's file store) is a path like
+    any other; other URIs (sqlite:////abs, file:///abs, http://...) are left alone."""
+    if uri is None:
+        return None
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        return "sqlite:///" + resolve(uri.removeprefix("sqlite:///"))
+    return uri if "://" in uri else resolve(uri)
 
 
 def _resolve_sqlite_catalog(catalog: str | None, resolve) -> str | None:
@@ -261,7 +312,21 @@ def checked_config(config: RoundConfig, db: str | Path | None = None) -> RoundCo
         load_probe_set(source)
     for source in config.review.gold:
         read_label_file(gold_path(source))
+    if config.collect.source == "file" and config.collect.file:
+        from sampling.collected import CollectedFileError, read_collected_file
+
+        try:
+            read_collected_file(Path(config.collect.file))
+        except CollectedFileError as exc:
+            raise ConfigError(str(exc)) from None
     for name, path in (("policy.path", config.policy.path), ("judge.model_path", config.judge.model_path)):
         if path is not None and not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{name}: {path} is not a model checkpoint directory (no config.json)")
+    if config.tracking.enabled:  # before the round, not after it
+        from flows.tracking import TrackingError, require_packages
+
+        try:
+            require_packages(config.tracking)
+        except TrackingError as exc:
+            raise ConfigError(f"tracking: {exc}") from None
     return config

@@ -34,6 +34,7 @@ from flows.config import RoundConfig
 from flows.judging import judge_server, refuse_unqualified
 from flows.policy import EMBEDDED_PATH
 from flows.stages import EVAL, JUDGING, QUALIFY, SAMPLING, TRAINING, RoundContext, deploy_stages, dispatch
+from flows.tracking import track_round
 from flows.train import training_check
 from judges.qualification import QualificationGate
 from lm.loading import set_threads
@@ -112,6 +113,8 @@ def execute_round(config: RoundConfig, round_index: int | None = None) -> RoundS
         store.finish_round(rnd.round_id, "finished", summary.decision, summary.model_dump(mode="json"), summary.candidate_id,
                            summary.train.run_id)
         logger.info("round %d finished: %s", rnd.round_index, summary.decision)
+        if config.tracking.enabled:
+            track_finished_round(store, config, rnd)
         return summary
 
 
@@ -168,6 +171,20 @@ def stop_on_sigterm(round_index: int) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def track_finished_round(store: Store, config: RoundConfig, rnd: RoundRow) -> None:
+    """The finished round's metrics to TensorBoard / MLflow (config `tracking`). The round is done and
+    stored whatever happens here: a tracker that fails is a warning, and `rlaif track N` logs it again."""
+    logger = get_run_logger()
+    try:
+        track_round(store, config.tracking, rnd.round_id)
+    except Exception as exc:  # an unreachable tracking server must not fail a finished round
+        logger.warning("round %d: tracking failed (%s: %s); `rlaif track %d` logs it again",
+                       rnd.round_index, type(exc).__name__, exc, rnd.round_index)
+        return
+    logger.info("round %d tracked: %s", rnd.round_index, ", ".join(
+        f"{name} {where}" for name, where in (("MLflow", config.tracking.mlflow), ("TensorBoard", config.tracking.tensorboard)) if where))
+
+
 def domain_mismatch(config: RoundConfig, constitution: Constitution) -> list[str]:
     """A policy told it is another domain's agent: the bundled support task's system message with
     another constitution, or a constitution with no system message of its own."""
@@ -198,19 +215,26 @@ def prompt_shortfalls(config: RoundConfig, prompts: list[Prompt]) -> list[str]:
     return notes
 
 
-def begin_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
-                round_index: int | None) -> RoundRow:
-    """Start round `round_index` (default: resume the last unfinished round, else the next one)."""
+def store_inputs(store: Store, config: RoundConfig, prompts: list[Prompt]) -> None:
+    """The prompts and the base model, stored once (a rerun inserts nothing)."""
     store.append([PromptRow(prompt_id=p.prompt_id, text=p.text, source=p.source, tags=p.tags, split=p.split) for p in prompts])
     base_path = config.policy.path or EMBEDDED_PATH
     store.append([ModelRow(model_id=stable_id("base", base_path), parent_id=None, kind="base", path=base_path,
                            created_round=0, promoted=True, promotion_reason="base model")])
+
+
+def begin_round(store: Store, config: RoundConfig, constitution: Constitution, prompts: list[Prompt],
+                round_index: int | None) -> RoundRow:
+    """Start round `round_index` (default: resume the last unfinished round, else the next one)."""
+    store_inputs(store, config, prompts)
     rounds = store.rounds()
     if round_index is None:
-        unfinished = [r for r in rounds if r.status != "finished"]
+        unfinished = [r for r in rounds if r.status != "finished" and r.kind == "round"]  # `rlaif collect` resumes its own
         round_index = unfinished[-1].round_index if unfinished else (rounds[-1].round_index + 1 if rounds else 1)
     existing = store.round_by_index(round_index)
     if existing is not None:
+        if existing.kind != "round":
+            raise StoreError(f"round {round_index} is a collection ({existing.round_id}): `rlaif collect` resumes it")
         if existing.constitution_hash != constitution.content_hash:
             raise StoreError(f"round {round_index} was started with constitution {existing.constitution_hash}; "
                              f"the config's constitution is now {constitution.content_hash}. Refusing to mix them in one round.")

@@ -97,6 +97,22 @@ def summary_table(s) -> Table:
     return table
 
 
+def collect_table(s) -> Table:
+    """A finished collection (flows.collect.CollectSummary) as label / value rows."""
+    table = Table(title=f"collection {s.round_index} ({s.round_id})", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    table.add_row("replies from", s.source)
+    table.add_row("replies stored", str(s.completions))
+    table.add_row("pairs judged (both orders)", str(s.pairs_judged))
+    table.add_row("position consistency", f"{pct(s.position_consistency)} ({s.consistent_pairs} pairs)")
+    table.add_row("invalid judgments", pct(s.invalid_rate))
+    table.add_row("judge qualification", s.judge_gate.describe())
+    table.add_row("spot-checks queued", str(s.spot_checks_queued))
+    table.add_row("next", f"rlaif review serve (the queue); rlaif export OUT --round {s.round_index}")
+    return table
+
+
 class StatusLine(BaseModel):
     """One round of `rlaif status`: its point on the report's history plus what the table adds."""
 

@@ -67,6 +67,22 @@ def _to_row(c: SampledCompletion, round_id: str, model_id: str, purpose: str, pa
     )
 
 
+def collected_rows(round_id: str, collected: Sequence[tuple[SampledCompletion, dict]], backend: str,
+                   default_model: str) -> list[CompletionRow]:
+    """Replies that came from elsewhere (sampling/collected.py) as the round's train completions; what
+    the source said about each (its row, ids, model, metadata) is kept in its sampling settings."""
+    rows = []
+    for c, about in collected:
+        model_id = about.get("model") or default_model
+        rows.append(CompletionRow(
+            completion_id=completion_id(round_id, c.key, model_id, c.sample_index, c.seed, "train"),
+            round_id=round_id, prompt_id=c.key, model_id=model_id, purpose="train", sample_index=c.sample_index,
+            seed=c.seed, text=c.text, token_ids=c.token_ids, prompt_tokens=c.prompt_tokens,
+            completion_tokens=len(c.token_ids), finish_reason="stop", sum_logprob=c.sum_logprob,
+            sampling_json={"backend": backend, **about}))
+    return rows
+
+
 def pair_id(round_id: str, completion_a: str, completion_b: str, pairing: str = "pair") -> str:
     parts = (round_id, completion_a, completion_b) if pairing == "pair" else (round_id, completion_a, completion_b, pairing)
     return stable_id("pair", *parts)

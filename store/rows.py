@@ -244,6 +244,9 @@ class EvalRow(Row):
     n: int
 
 
+COLLECT_PREFIX = "collect-"
+
+
 class RoundRow(Row):
     table: ClassVar[str] = "rounds"
     key: ClassVar[tuple[str, ...]] = ("round_id",)
@@ -263,6 +266,12 @@ class RoundRow(Row):
     judge_id: str | None = None      # whose verdicts the round trains on (set once it has judged)
     candidate_id: str | None = None  # the adapter it trained, if any
     train_run_id: str | None = None
+
+    @property
+    def kind(self) -> Literal["round", "collect"]:
+        """A training round, or a collection (`rlaif collect`: sampled and judged, never trained or
+        evaluated; its id starts with "collect-")."""
+        return "collect" if self.round_id.startswith(COLLECT_PREFIX) else "round"
 
 
 Stage = Literal["qualify", "sampling", "judging", "training", "eval"]
@@ -317,3 +326,4 @@ class PreferenceRecord(BaseModel):
     confidence: float
     rationale: str
     source: Literal["judge", "human"] = "judge"  # human labels override the judge
+    chosen_side: Literal["a", "b"]  # which of the pair's two completions is `chosen`

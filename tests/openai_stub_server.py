@@ -233,3 +233,65 @@ if __name__ == "__main__":
             signal.sigwait({signal.SIGTERM})
         else:
             sys.stdin.read()  # serve until the parent closes our stdin
+
+
+class StubPolicyServer:
+    """A real OpenAI-compatible chat endpoint on 127.0.0.1 that plays a policy: it answers each
+    request with `n` replies that depend on the prompt, the seed and the choice's index (or with one
+    reply when `honours_n` is false, as some servers do), and answers 500 to the first request of
+    every prompt holding "FAULT:500"."""
+
+    def __init__(self, honours_n: bool = True):
+        self.honours_n = honours_n
+        self.requests = 0
+        self.per_message: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> StubPolicyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+                with server.lock:
+                    server.requests += 1
+                    server.per_message[user] += 1
+                    nth = server.per_message[user]
+                if "FAULT:500" in user and nth == 1:
+                    return self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+                n = body.get("n", 1) if server.honours_n else 1
+                choices = [{"index": j, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": f"Reply {j} (seed {body.get('seed')}) to: {user[:40]}" + " sure" * (j % 3)}}
+                    for j in range(n)]
+                self._send(200, {"id": f"chatcmpl-{server.requests}", "object": "chat.completion", "created": 0,
+                                 "model": body["model"], "choices": choices,
+                                 "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": 8, "total_tokens": len(user) // 4 + 8}})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler

@@ -68,7 +68,8 @@ def select_preferences(records: Sequence[PairRecord], human: Mapping[str, str]) 
                                          chosen_ids=chosen[1], rejected_ids=rejected[1], chosen_logp=chosen[2],
                                          rejected_logp=rejected[2], source=source,
                                          confidence=1.0 if source == "human" else r.confidence,
-                                         rationale="human review" if source == "human" else r.rationale))
+                                         rationale="human review" if source == "human" else r.rationale,
+                                         chosen_side="a" if winner == "a" else "b"))
     return selected
 
 
@@ -82,9 +83,11 @@ def earlier_preferences(store: Store, round_index: int, n_rounds: int) -> list[P
     """Trustworthy preferences of the `n_rounds` finished rounds before `round_index` (recorded by pair id).
 
     Their completions were sampled by older policies, so their recorded log-probs are not this
-    round's reference: they are dropped, and the trainer recomputes the reference.
+    round's reference: they are dropped, and the trainer recomputes the reference. Collections
+    (`rlaif collect`) are not mixed in: their replies may come from other models and prompts.
     """
-    finished = [(r, r.judge_id) for r in store.rounds() if r.round_index < round_index and r.status == "finished" and r.judge_id]
+    finished = [(r, r.judge_id) for r in store.rounds()
+                if r.round_index < round_index and r.status == "finished" and r.judge_id and r.kind == "round"]
     records = []
     for rnd, judge_id in finished[-n_rounds:] if n_rounds else []:
         for r in round_preferences(store, rnd.round_id, judge_id, rnd.constitution_hash):
