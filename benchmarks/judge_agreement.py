@@ -103,6 +103,26 @@ def measure(store: Store, judge: PairwiseJudge, constitution, pairs: list[GoldPa
     return result
 
 
+def between_readers(store: Store, constitution, pairs: list[GoldPair]) -> dict:
+    """The gold set's two first readers against each other on `pairs`, per principle and overall:
+    how far people agree, the ceiling a judge can be expected to reach."""
+    reviews = store.reviews_of_pairs([g.pair.pair_id for g in pairs])
+    readers = sorted({r.reviewer for r in reviews})[:2]
+    if len(readers) < 2:
+        return {}
+    said = {(r.reviewer, r.pair_id, r.principle): r.winner for r in reviews if r.winner != "skip"}
+    out: dict = {"readers": readers, "principles": {}}
+    for principle in [None] + [p.id for p in constitution.principles if p.judged]:
+        both = [(said[(readers[0], g.pair.pair_id, principle)], said[(readers[1], g.pair.pair_id, principle)]) for g in pairs
+                if (readers[0], g.pair.pair_id, principle) in said and (readers[1], g.pair.pair_id, principle) in said]
+        found = label_agreement([a for a, _ in both], [b for _, b in both], seed=stable_int("readers", principle)).model_dump()
+        if principle is None:
+            out["overall"] = found
+        else:
+            out["principles"][principle] = found
+    return out
+
+
 def mean_kappa(measured: dict) -> float:
     kappas = [p["kappa"] for p in measured["principles"].values() if p["kappa"] is not None]
     return float(np.mean(kappas)) if kappas else float("nan")
@@ -135,6 +155,8 @@ def main() -> None:
         teach = [g for g in gold if g.part == "teach"][: args.limit]
         measuring = [g for g in gold if g.part == "measure"][: args.limit]
         results |= {"teaching_pairs": len(teach), "measuring_pairs": len(measuring)}
+        results["between_readers"] = between_readers(store, constitution, measuring)
+        print_readers(results["between_readers"])
         for name in names:
             config = RoundConfig.model_validate(base_config.model_dump(mode="json") | {
                 "judge": base_config.judge.model_dump(mode="json") | on_hand[name]})
@@ -172,6 +194,15 @@ def main() -> None:
     default = results["judges"].get(DEFAULT_JUDGE, {})
     final = (default.get("taught") or default).get("overall", {}).get("kappa")
     print(f"RESULT judge_gold_kappa {float('nan') if final is None else final:.3f}")
+
+
+def print_readers(found: dict) -> None:
+    if not found:
+        return
+    print(f"the readers {' and '.join(found['readers'])} against each other on the measuring part (the ceiling):")
+    for label, a in [("overall", found["overall"])] + list(found["principles"].items()):
+        kappa = "-" if a["kappa"] is None else f"{a['kappa']:+.2f} ({a['kappa_low']:+.2f} to {a['kappa_high']:+.2f})"
+        print(f"  {label:32s} n={a['n']:3d} kappa {kappa}")
 
 
 def print_judge(name: str, entry: dict) -> None:

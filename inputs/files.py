@@ -4,6 +4,7 @@ YAML 1.2 booleans, and pydantic errors as one line naming each field."""
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import typing
 from pathlib import Path
@@ -45,6 +46,26 @@ def read_yaml_mapping(path: Path, error: type[Exception], what: str, expected: s
     if not isinstance(data, dict):
         raise error(f"{path}: expected {expected}")
     return data
+
+
+def read_jsonl(path: Path, error: type[Exception], unit: str = "line") -> list[tuple[int, Any]]:
+    """(number, value) of every non-empty line of a JSONL file, numbered from 1; a line that is not
+    JSON raises `error` naming the file and the line (`unit`: what the file calls a line)."""
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}: {unit} {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return records
+
+
+def field_problems(exc: ValidationError, whole: str = "row") -> str:
+    """A record's validation errors in one line, `field: message; ...` (`whole` names an error of the
+    record itself)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())
 
 
 def format_validation_error(exc: ValidationError, principle_names: dict[int, str] | None = None,

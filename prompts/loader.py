@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -10,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inputs.files import load_yaml
+from inputs.files import field_problems, load_yaml, read_jsonl
 from store.ids import stable_id, stable_int
 
 BUNDLED_PREFIX = "bundled:"
@@ -57,20 +56,13 @@ def load_prompts(source: str | Path) -> list[Prompt]:
             raise PromptError(f"{path}: expected a list of prompts")
         numbered = list(enumerate(records, start=1))
     else:
-        numbered = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        numbered = read_jsonl(path, PromptError)
     prompts = []
     for number, record in numbered:
         try:
             prompts.append(Prompt.model_validate({**record, "source": source_name}) if isinstance(record, dict) else Prompt.model_validate(record))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = field_problems(exc, whole="prompt")
             raise PromptError(f"{path}: {'prompt' if yaml_file else 'line'} {number}: {problems}") from None
     if not prompts:
         raise PromptError(f"{path}: no prompts")

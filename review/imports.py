@@ -18,7 +18,6 @@ nothing new (a label is keyed by pair, reviewer and principle).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from constitution.loader import Constitution
+from inputs.files import field_problems, read_jsonl
 from review.labels import review_id
 from store.db import Store
 from store.rows import PairRow, ReviewRow
@@ -78,13 +78,7 @@ def read_label_file(path: Path) -> list[tuple[int, LabelRow]]:
                     raise LabelFileError(f"{path}: line {reader.line_num}: more cells than the header names")
                 records.append((reader.line_num, cells))
     else:
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise LabelFileError(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        records = read_jsonl(path, LabelFileError)
     rows = []
     for number, record in records:
         if not isinstance(record, dict):
@@ -92,8 +86,7 @@ def read_label_file(path: Path) -> list[tuple[int, LabelRow]]:
         try:
             rows.append((number, LabelRow.model_validate(record)))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-            raise LabelFileError(f"{path}: line {number}: {problems}") from None
+            raise LabelFileError(f"{path}: line {number}: {field_problems(exc)}") from None
     if not rows:
         raise LabelFileError(f"{path}: no labels")
     return rows

@@ -14,12 +14,12 @@ refused whole.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from inputs.files import field_problems, read_jsonl
 from prompts.loader import Prompt
 from sampling.sampler import SampledCompletion
 
@@ -63,13 +63,7 @@ def read_collected_file(path: Path) -> list[tuple[int, CollectedRow]]:
             raise CollectedFileError(f"{path}: not a readable Parquet file ({exc})") from None
         records = list(enumerate(table.to_pylist(), start=1))
     elif path.suffix == ".jsonl":
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise CollectedFileError(f"{path}: row {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        records = read_jsonl(path, CollectedFileError, unit="row")
     else:
         raise CollectedFileError(f"{path}: use a .jsonl or .parquet file")
     rows = []
@@ -80,8 +74,7 @@ def read_collected_file(path: Path) -> list[tuple[int, CollectedRow]]:
         try:
             rows.append((number, CollectedRow.model_validate(record)))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-            raise CollectedFileError(f"{path}: row {number}: {problems}") from None
+            raise CollectedFileError(f"{path}: row {number}: {field_problems(exc)}") from None
     if not rows:
         raise CollectedFileError(f"{path}: no rows")
     return rows

@@ -33,3 +33,33 @@ def test_the_results_page_is_generated_from_the_results_files_and_current():
     finally:
         sys.path.remove(str(BENCHMARKS))
     assert PAGE.read_text() == render(), "docs/results.md is out of date: run .venv/bin/python benchmarks/results_page.py"
+
+
+def test_judge_agreement_runs_on_a_slice_of_the_gold_set(tmp_path, round_config):
+    """The gold-set benchmark end to end on 3 teaching and 3 measuring pairs, with the tiny model as
+    the judge: every number it reports comes from the slice (the full run, on SmolLM2, is a benchmark)."""
+    import json
+
+    import yaml
+
+    data = round_config.model_dump(mode="json", exclude_none=True)
+    data["constitution"] = "bundled:support"  # the gold set's principles
+    data["judge"] |= {"qualification_prompts": 2, "qualification_max_new_tokens": 8}
+    config = tmp_path / "agreement.yaml"
+    config.write_text(yaml.safe_dump(data))
+    record = tmp_path / "judge-agreement.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "judge_agreement.py"), "--config", str(config), "--judge",
+                           "smollm2-pointwise_fewshot", "--limit", "3", "--out", str(tmp_path / "out"), "--record", str(record)],
+                          capture_output=True, text=True, timeout=900, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("RESULT judge_gold_kappa ")
+    found = json.loads(record.read_text())
+    assert found["teaching_pairs"] == 3 and found["measuring_pairs"] == 3
+    entry = found["judges"]["smollm2-pointwise_fewshot"]
+    assert entry["judge_id"].startswith("local_logprob:") and entry["tie_margin"] in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+    for measured in (entry, entry["taught"]):
+        assert 0 <= measured["overall"]["n"] <= 3
+        assert set(measured["principles"]) == {"resolves_request", "honest", "protects_customers", "courteous"}
+        assert all(p["n"] <= 3 for p in measured["principles"].values())
+    readers = found["between_readers"]
+    assert readers["readers"] == ["gold-reader-1", "gold-reader-2"] and readers["overall"]["n"] == 3
