@@ -61,8 +61,8 @@ postgres:
 demo: setup
 	$(BIN)/rlaif demo
 
-# Lint: ruff over the product code, its tests and benchmarks; mypy over the product code (both
-# configured in pyproject.toml).
+# Lint: ruff and mypy over the product code, its tests and benchmarks (both configured in
+# pyproject.toml; mypy's `files` there name what it checks).
 PRODUCT := flows judges constitution training evals sampling store review lm prompts inputs stats
 LINTED  := $(PRODUCT) tests benchmarks
 

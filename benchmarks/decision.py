@@ -27,7 +27,7 @@ import json
 import statistics
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,7 @@ def sample_pool(store: Store, config: RoundConfig, backend: str, models: tuple[s
     """Every model's `pool` samples per prompt (same seeds on both sides); seconds of each timed slice, both sides."""
     params = config.sampler.params().model_copy(update={"max_new_tokens": config.eval.max_new_tokens})
     answers: dict[str, list[CompletionRow]] = {}
-    seconds: Counter[int] = Counter()
+    seconds: defaultdict[int, float] = defaultdict(float)
     for model_id in models:  # one model (one engine) at a time; its start-up is not counted
         answers[model_id] = []
         with model_sampler(store, config, model_id, backend, eval_id) as sampler:

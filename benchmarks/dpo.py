@@ -33,6 +33,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lm.embedded import cache_root, embedded_checkpoint
 from lm.loading import encode_chat, load_model, load_tokenizer, set_threads
@@ -160,7 +161,7 @@ def train_ours(args) -> dict:
 
 def train_trl(args) -> dict:
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -169,7 +170,7 @@ def train_trl(args) -> dict:
             return dataset  # already prompt_ids / chosen_ids / rejected_ids
 
     class Clock(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.step_ends: list[float] = []
             self.num_tokens: list[int] = []
 
@@ -188,15 +189,17 @@ def train_trl(args) -> dict:
     clock = Clock()
     # transformers 5.2x renamed TrainingArguments.gradient_checkpointing (the GPU machine has 5.17)
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in DPOConfig.__dataclass_fields__ else "gradient_checkpointing"
+    no_checkpointing: dict[str, Any] = {checkpointing: False}
     with tempfile.TemporaryDirectory() as out:
         config = DPOConfig(
             output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps + 1, learning_rate=5e-4,
-            bf16=False, **{checkpointing: False}, use_cpu=args.device == "cpu", logging_steps=1, save_strategy="no",
+            bf16=False, **no_checkpointing, use_cpu=args.device == "cpu", logging_steps=1, save_strategy="no",
             report_to=[], disable_tqdm=True, max_length=None, seed=0,
         )
         lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = PreTokenizedDPOTrainer(model=load_model(checkpoint, device=args.device), args=config, train_dataset=dataset,
                                          processing_class=tokenizer, peft_config=lora, callbacks=[clock])
+        assert isinstance(trainer.model, PeftModel)  # peft_config: the trainer wraps the model
         assert not getattr(trainer.model.get_base_model(), "is_gradient_checkpointing", False)
         started = time.perf_counter()
         trainer.train()

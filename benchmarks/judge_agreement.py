@@ -98,7 +98,7 @@ def measure(store: Store, judge: PairwiseJudge, constitution, pairs: list[GoldPa
                 people_side.append(label)
         result["principles"][principle] = label_agreement(judge_side, people_side, seed=stable_int("gold", principle)).model_dump()
     both = [(v.winner if v.consistent else "tie", overall[pid]) for pid, v in verdicts.items()
-            if v.status == "ok" and pid in overall]
+            if v.status == "ok" and v.winner is not None and pid in overall]
     result["overall"] = label_agreement([b[0] for b in both], [b[1] for b in both], seed=stable_int("gold", "overall")).model_dump()
     return result
 

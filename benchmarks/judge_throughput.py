@@ -21,13 +21,13 @@ import httpx
 
 from constitution.loader import load_constitution
 from judges.openai_judge import OpenAIJudge, OpenAIJudgeSettings
-from judges.verdict import PairText
+from judges.verdict import Order, PairText
 
 REPO = Path(__file__).resolve().parent.parent
 STUB_SERVER = REPO / "tests" / "openai_stub_server.py"
 
 
-def items(n: int) -> list[tuple[PairText, str]]:
+def items(n: int) -> list[tuple[PairText, Order]]:
     return [(PairText(prompt=f"Where is order #LS-{i}?", text_a=f"It ships today ({i}).",
                       text_b=f"Thanks for asking; order #LS-{i} ships today and arrives Friday."), "ab" if i % 2 else "ba")
             for i in range(n)]
@@ -58,6 +58,7 @@ def main() -> None:
     # The server runs in its own process so it does not compete with the clients for one GIL.
     server = subprocess.Popen([sys.executable, str(STUB_SERVER), "--service-ms", str(args.service_ms)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None  # stdout=PIPE
     try:
         base_url = server.stdout.readline().strip()
         settings = OpenAIJudgeSettings(base_url=base_url, model="bench", api_key_env=None,

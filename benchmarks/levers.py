@@ -68,7 +68,12 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
         summary = RoundSummary.model_validate(rnd.summary_json)
         judge, trusted, round_train = summary.judge_id, summary.judge_gate.qualified, summary.train.model_dump(mode="json")
     try:
-        trained = train_round(config, 1, judge).model_dump(mode="json") if kind == "train" else round_train
+        if kind == "train":
+            train_outcome = train_round(config, 1, judge)
+            assert train_outcome is not None  # one process: the main one
+            trained = train_outcome.model_dump(mode="json")
+        else:
+            trained = round_train
     except TrainRefused as refused:
         trained = {"trained": False, "reason": str(refused)}
     train_s = time.perf_counter() - started

@@ -79,7 +79,9 @@ def main() -> None:
     with Store(config.store, read_only=True) as store:
         rounds = [r for r in store.rounds() if r.status == "finished"][-args.rounds:]
         base = store.model_chain(rounds[0].policy_id)[0].model_id
-        final = store.current_policy().model_id
+        policy = store.current_policy()
+        assert policy is not None  # the loop has run: the base model at least is promoted
+        final = policy.model_id
         report = build_report(store, rounds[-1].round_index)
     (args.out / "report.html").write_text(render_html(report))
 

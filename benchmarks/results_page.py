@@ -130,6 +130,15 @@ def agreement_section(d: dict) -> list[str]:
            f"{d['gold']}, {d['measuring_pairs']} measuring pairs (teaching part: {d['teaching_pairs']}); kappa with its "
            "95% interval against the gold reader, per principle and for the overall winner; the tie margin chosen on "
            "the teaching part; the synthetic qualification's sensitivity beside it.", ""]
+    readers = d.get("between_readers")
+    if readers:
+        out += [f"**The two readers against each other** ({' and '.join(readers['readers'])}, the ceiling a judge can be "
+                "expected to reach; both are sessions of one AI assistant, so this overstates two independent people):", "",
+                "| | n | kappa (95% CI) |", "|---|---|---|"]
+        for label, a in [("overall winner", readers["overall"])] + list(readers["principles"].items()):
+            kappa = "-" if a["kappa"] is None else f"{a['kappa']:+.2f} ({f2(a['kappa_low'])} to {f2(a['kappa_high'])})"
+            out.append(f"| {label} | {a['n']} | {kappa} |")
+        out.append("")
     for name, e in d["judges"].items():
         out += [f"**{name}** (`{e['judge_id']}`, tie margin {e['tie_margin']}, {e['seconds_per_pair']:.1f} s per pair)", "",
                 "| | n | kappa (95% CI) | TPR | FPR | synthetic sensitivity |", "|---|---|---|---|---|---|"]

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "tests"))  # pg_cluster and helpers: the throwaway PostgreSQL and the seeded pairs of the tests
@@ -101,6 +102,7 @@ def review_under_writes(location: StoreLocation, token: str, seconds: float, pau
             time.sleep(0.5)
         writer = subprocess.Popen([sys.executable, __file__, "--writer", location.model_dump_json(), str(stop), str(pause_s)],
                                   stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None  # stdout=PIPE
         assert writer.stdout.readline().strip() == "ready"
         latencies, statuses = [], []
         started = time.monotonic()
@@ -112,6 +114,7 @@ def review_under_writes(location: StoreLocation, token: str, seconds: float, pau
             fields = {n: re.search(rf'name="{n}" value="([^"]*)"', shown.text) for n in ("pair_id", "shown_order")}
             if shown.status_code != 200 or fields["pair_id"] is None:
                 continue
+            assert fields["shown_order"] is not None  # the page's form has both fields
             for path, data in (("/rounds/1/label", {"pair_id": fields["pair_id"].group(1),
                                                     "shown_order": fields["shown_order"].group(1), "choice": "left"}),
                                ("/rounds/1/undo", {})):
@@ -167,7 +170,7 @@ def main() -> None:
     from pg_cluster import postgres_cluster
 
     work = Path(tempfile.mkdtemp(prefix="rlaif-store-bench-"))
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     with postgres_cluster() as cluster:
         kinds = {
             "duckdb": StoreLocation(path=str(work / "bench.duckdb")),

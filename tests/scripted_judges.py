@@ -48,7 +48,7 @@ class ScriptedJudge:
             winner = self.script(pair)  # in pair terms, whatever the order it is shown in: both orders agree
             score = {"a": 1.0, "b": -1.0, "tie": 0.0}[winner]
             votes = check_votes(pair, constitution)
-            votes |= {p.id: PrincipleVote(vote=winner, score=score, source="model", detail="scripted")  # type: ignore[arg-type]
+            votes |= {p.id: PrincipleVote(vote=winner, score=score, source="model", detail="scripted")
                       for p in constitution.principles if p.check is None}
             out.append(scored_judgment(order, votes, constitution, self.tie_margin))
             progress(i + 1, len(items))

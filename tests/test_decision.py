@@ -164,7 +164,7 @@ def _bundled():
 
 
 class _Lines(logging.Handler):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
 

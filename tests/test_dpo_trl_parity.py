@@ -17,6 +17,7 @@ TRL's own.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ METRICS = {"reward_chosen": "rewards/chosen", "reward_rejected": "rewards/reject
 
 
 class _Logs(TrainerCallback):
-    def __init__(self):
+    def __init__(self) -> None:
         self.steps: list[dict] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -45,7 +46,7 @@ class _Logs(TrainerCallback):
 LABEL_SMOOTHING = {"robust": 0.1}  # robust DPO's assumed flip rate (with 0 it is the sigmoid loss)
 
 
-def _train_both(loss_type: str, model_dir: str, out_dir: str) -> dict:
+def _train_both(loss_type: str, model_dir: Path, out_dir: str) -> dict:
     """Train STEPS steps with each trainer; their per-step metrics and initial adapters."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -90,7 +91,7 @@ def runs(loss_type: str, tiny_model_dir, tmp_path_factory) -> dict:
     """Each loss type trains once per session; its three tests share the result."""
     key = (loss_type, str(tiny_model_dir))
     if key not in _RUNS:
-        _RUNS[key] = _train_both(loss_type, str(tiny_model_dir), str(tmp_path_factory.mktemp(f"trl-{loss_type}")))
+        _RUNS[key] = _train_both(loss_type, tiny_model_dir, str(tmp_path_factory.mktemp(f"trl-{loss_type}")))
     return _RUNS[key]
 
 

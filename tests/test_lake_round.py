@@ -32,6 +32,7 @@ def label_next(client: httpx.Client) -> str | None:
     found = {name: re.search(rf'name="{name}" value="([^"]*)"', page.text) for name in ("pair_id", "shown_order")}
     if found["pair_id"] is None:
         return None
+    assert found["shown_order"] is not None  # the page's form has both fields
     done = client.post("/rounds/1/label", data={"pair_id": found["pair_id"].group(1),
                                                 "shown_order": found["shown_order"].group(1), "choice": "left"})
     assert done.status_code == 303, (done.status_code, done.text[:500])  # stored: never 503 on a lake

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Response, sync_playwright
 
 from constitution.loader import load_constitution
 from review.app import create_app
@@ -235,6 +235,7 @@ def test_untrusted_text_is_shown_as_text(make_site, page: Page):
     site = make_site([(prompt, script, img)])
     log_in(page, site, "alice")
     response = page.goto(site.url + "/rounds/1")
+    assert response is not None
     assert response.headers["content-security-policy"] == CSP
     assert response.headers["x-content-type-options"] == "nosniff"
 
@@ -437,7 +438,10 @@ def test_a_page_on_another_port_cannot_label_undo_or_log_out(make_site, hostile_
     # A top-level form post from the other port: the browser sends the session cookie along.
     for action, fields in ((f"{site.url}/rounds/1/label", target), (f"{site.url}/rounds/1/undo", {}),
                            (f"{site.url}/logout", {})):
-        with page.expect_response(lambda r, action=action: r.url == action) as response:
+        def answers_action(r: Response, action: str = action) -> bool:
+            return r.url == action
+
+        with page.expect_response(answers_action) as response:
             page.goto(hostile_site(auto_post_form(action, fields)))
         assert response.value.status == 403, action
         assert "did not come from the review page" in page.inner_text("body")

@@ -27,6 +27,8 @@ def check_nightly(db: Path, env: dict[str, str]) -> None:
     """Against the served deployment: its schedule, a triggered run through the review gate, the next runs."""
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments import run_deployment
 
     def deployment():
@@ -41,6 +43,7 @@ def check_nightly(db: Path, env: dict[str, str]) -> None:
     assert schedule.schedule.cron == "0 3 * * *" and schedule.schedule.timezone == "Europe/Berlin"
 
     run = run_deployment("rlaif-loop/nightly", timeout=0)  # triggered by hand; the served runner executes it
+    assert isinstance(run, FlowRun)  # called outside an event loop: the run, not a coroutine
 
     def state_of(name: str):
         with get_client(sync_client=True) as client:
@@ -80,6 +83,7 @@ def check_nightly(db: Path, env: dict[str, str]) -> None:
     with get_client(sync_client=True) as client:
         deployed = client.read_deployment_by_name("rlaif-loop/nightly")
     (schedule,) = deployed.schedules
+    assert isinstance(schedule.schedule, CronSchedule)
     assert deployed.work_pool_name == "rlaif" and deployed.entrypoint == "flows/loop.py:rlaif_loop"
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "Europe/Berlin"
     assert deployed.parameters == {"config_path": "rlaif.yaml", "rounds": 1}
