@@ -270,7 +270,7 @@ def gate(result: QualificationResult | None, constitution: Constitution, min_sen
     for pid, agreed in people.items():
         if pid in model_principles and agreed.n > 0 and agreed.kappa is not None:
             out.people[pid] = (f"kappa {agreed.kappa:.2f}, 95% CI {_fmt(agreed.kappa_low)} to {_fmt(agreed.kappa_high)}, "
-                               f"on {agreed.n} pairs labelled by people")
+                               f"on {agreed.n} pairs labelled by reviewers")
     decided_by_people = {pid for pid in out.people if bars is not None and people[pid].n >= bars.min_reviewed}
     biased = result is not None and result.slot_bias is not None and abs(result.slot_bias) > max_slot_bias
     for pid in model_principles:

@@ -125,7 +125,7 @@ def test_the_datasets_folder_loads_with_the_jsonl_rows_and_a_card_naming_its_sou
     assert "| protects_customers | no | only 1 held-out violation text" in card
     assert "| resolves_request | yes | qualification: sensitivity 90% (95% CI 80% to 100%)" in card
     assert "| concise | yes | an executable check: always counts |" in card
-    assert ("| courteous | yes | agreement with people: kappa 0.40, 95% CI -0.20 to 1.00, on 3 pairs labelled by people; "
+    assert ("| courteous | yes | agreement with people: kappa 0.40, 95% CI -0.20 to 1.00, on 3 pairs labelled by reviewers; "
             "qualification: sensitivity 80%") in card
     assert "training gate on this agreement: not checked: 1 reviewed pairs (< review.min_reviewed 5)." in card
     assert "| overall | - | 1 |" in card  # the judge against alice's one overall label

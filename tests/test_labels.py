@@ -203,7 +203,7 @@ def test_the_trust_rule_switches_a_principle_on_and_off_by_its_agreement_with_pe
         trusted, result, _ = trusted_principles(store, config, constitution, judge)
         assert result is None  # qualification is off here: `polite` counts by default, unchecked
         assert ("helpful" in trusted.qualified) is judge_agrees and ("helpful" in trusted.unqualified) is not judge_agrees
-        assert "helpful" in trusted.people and "pairs labelled by people" in trusted.people["helpful"]
+        assert "helpful" in trusted.people and "pairs labelled by reviewers" in trusted.people["helpful"]
         assert trusted.unchecked == ["polite"] and "polite (not yet checked against people)" in trusted.describe()
         # only the measuring part is evidence: the teaching part's pairs are left out
         measuring = sum(part_of(f"customer question {i}", f"reply one to {i}", f"reply two to {i}") == "measure"
@@ -213,7 +213,7 @@ def test_the_trust_rule_switches_a_principle_on_and_off_by_its_agreement_with_pe
         assert 0 < len(teach) < 40
         assert store.verdicts(teach, judge.judge_id, constitution.content_hash) == {}  # not teaching: the judge never saw them
         assert agreement_with_people(store, judge.judge_id, constitution.content_hash, teach)["helpful"].n == measuring
-        assert trusted.people["helpful"].endswith(f"on {measuring} pairs labelled by people")
+        assert trusted.people["helpful"].endswith(f"on {measuring} pairs labelled by reviewers")
 
 
 def test_examples_come_from_disagreements_in_the_teaching_part_and_are_never_evidence(tmp_path, constitution):
@@ -243,7 +243,7 @@ def test_examples_come_from_disagreements_in_the_teaching_part_and_are_never_evi
         # the evidence is the taught judge's verdicts on the measuring part only
         measuring = sum(part_of(f"customer question {j}", f"reply one to {j}", f"reply two to {j}") == "measure"
                         for j in range(40))
-        assert trusted.people["helpful"].endswith(f"on {measuring} pairs labelled by people")
+        assert trusted.people["helpful"].endswith(f"on {measuring} pairs labelled by reviewers")
         assert example.pair_id not in store.verdicts([example.pair_id], taught.judge_id, constitution.content_hash)
 
 
