@@ -130,6 +130,8 @@ def agreement_section(d: dict) -> list[str]:
            f"{d['gold']}, {d['measuring_pairs']} measuring pairs (teaching part: {d['teaching_pairs']}); kappa with its "
            "95% interval against the gold reader, per principle and for the overall winner; the tie margin chosen on "
            "the teaching part; the synthetic qualification's sensitivity beside it.", ""]
+    if d.get("timing_note"):
+        out += [f"Timing: {d['timing_note']}", ""]
     readers = d.get("between_readers")
     if readers:
         out += [f"**The two readers against each other** ({' and '.join(readers['readers'])}, the ceiling a judge can be "
