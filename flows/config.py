@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from evals.stage import EvalSettings
 from inputs.files import format_validation_error, load_yaml, read_yaml_mapping
 from judges.config import JudgeConfig
+from lm.endpoint import EndpointSettings
 from review.agreement import AgreementCheck, check_agreement
 from review.routing import RoutingPolicy
-from sampling.endpoint import EndpointSettings
 from sampling.sampler import SamplingParams
 from sampling.vllm_engine import VLLMSettings
 from store.location import StoreLocation, parse_location

@@ -8,7 +8,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -60,6 +60,24 @@ def read_jsonl(path: Path, error: type[Exception], unit: str = "line") -> list[t
         except json.JSONDecodeError as exc:
             raise error(f"{path}: {unit} {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     return records
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def validated_records(path: Path, records: list[tuple[int, Any]], model: type[Record], error: type[Exception],
+                      unit: str, expected: str) -> list[tuple[int, Record]]:
+    """(number, record) with every record validated as `model`; the first bad one raises `error` naming
+    the file, its `unit` and number, and the field ("expected" says what an object must hold)."""
+    rows = []
+    for number, record in records:
+        if not isinstance(record, dict):
+            raise error(f"{path}: {unit} {number}: expected an object with {expected}")
+        try:
+            rows.append((number, model.model_validate(record)))
+        except ValidationError as exc:
+            raise error(f"{path}: {unit} {number}: {field_problems(exc)}") from None
+    return rows
 
 
 def field_problems(exc: ValidationError, whole: str = "row") -> str:

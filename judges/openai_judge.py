@@ -22,7 +22,6 @@ import asyncio
 import functools
 import json
 import math
-import os
 import random
 import re
 import time
@@ -48,6 +47,7 @@ from judges.verdict import (
     weighted_score,
     winner_of,
 )
+from lm.endpoint import EndpointSettings
 from store.ids import stable_id, stable_int
 from store.rows import ParseStatus
 
@@ -56,17 +56,11 @@ SlotVote = Literal["A", "B", "tie", "n/a"]
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 
 
-class OpenAIJudgeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
-    model: str = Field(description="the model name the endpoint serves")
-    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="name of the env var holding the key")
-    concurrency: int = Field(default=8, gt=0, description="requests in flight")
-    timeout_s: float = Field(default=60.0, gt=0, description="per request")
-    max_retries: int = Field(default=4, ge=0, description="per request, for 429/5xx/timeouts/connection errors")
+class OpenAIJudgeSettings(EndpointSettings):
+    """The endpoint (lm/endpoint.py), and how the judge asks it."""
+
     backoff_base_s: float = Field(default=0.5, gt=0, description="exponential backoff with full jitter: the first wait")
     backoff_max_s: float = Field(default=20.0, gt=0, description="... and the longest")
-    max_requests: int | None = Field(default=None, gt=0, description="per-round request budget")
     max_cost_usd: float | None = Field(default=None, gt=0, description="per-round cost budget")
     usd_per_1k_prompt_tokens: float = Field(default=0.0, ge=0, description="price, for the cost budget")
     usd_per_1k_completion_tokens: float = Field(default=0.0, ge=0, description="price, for the cost budget")
@@ -186,9 +180,8 @@ class OpenAIJudge:
         return OpenAIJudge(self.settings, self.formulation, self.tie_margin, self.template, self._client_factory, taught)
 
     def _default_client(self) -> openai.AsyncOpenAI:
-        key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
         # Retries are ours (counted against the budget, with jitter), so the client's own are off.
-        return openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=key or "not-needed",
+        return openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=self.settings.api_key(),
                                   max_retries=0, timeout=self.settings.timeout_s)
 
     # ---- the PairwiseJudge interface ----------------------------------------------------------

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from constitution.loader import Constitution
-from inputs.files import field_problems, read_jsonl
+from inputs.files import read_jsonl, validated_records
 from review.labels import review_id
 from store.db import Store
 from store.rows import PairRow, ReviewRow
@@ -79,14 +79,7 @@ def read_label_file(path: Path) -> list[tuple[int, LabelRow]]:
                 records.append((reader.line_num, cells))
     else:
         records = read_jsonl(path, LabelFileError)
-    rows = []
-    for number, record in records:
-        if not isinstance(record, dict):
-            raise LabelFileError(f"{path}: line {number}: expected an object with winner and the pair")
-        try:
-            rows.append((number, LabelRow.model_validate(record)))
-        except ValidationError as exc:
-            raise LabelFileError(f"{path}: line {number}: {field_problems(exc)}") from None
+    rows = validated_records(path, records, LabelRow, LabelFileError, "line", "winner and the pair")
     if not rows:
         raise LabelFileError(f"{path}: no labels")
     return rows

@@ -17,9 +17,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inputs.files import field_problems, read_jsonl
+from inputs.files import read_jsonl, validated_records
 from prompts.loader import Prompt
 from sampling.sampler import SampledCompletion
 
@@ -66,15 +66,9 @@ def read_collected_file(path: Path) -> list[tuple[int, CollectedRow]]:
         records = read_jsonl(path, CollectedFileError, unit="row")
     else:
         raise CollectedFileError(f"{path}: use a .jsonl or .parquet file")
-    rows = []
-    for number, record in records:
-        if not isinstance(record, dict):
-            raise CollectedFileError(f"{path}: row {number}: expected an object with prompt and responses")
-        record = {k: v for k, v in record.items() if v is not None}  # Parquet fills absent optional columns with null
-        try:
-            rows.append((number, CollectedRow.model_validate(record)))
-        except ValidationError as exc:
-            raise CollectedFileError(f"{path}: row {number}: {field_problems(exc)}") from None
+    # Parquet fills absent optional columns with null: absent they are
+    records = [(n, {k: v for k, v in r.items() if v is not None} if isinstance(r, dict) else r) for n, r in records]
+    rows = validated_records(path, records, CollectedRow, CollectedFileError, "row", "prompt and responses")
     if not rows:
         raise CollectedFileError(f"{path}: no rows")
     return rows

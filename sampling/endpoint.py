@@ -12,25 +12,13 @@ log-prob is unknown (recorded as 0.0; the backend `openai` in its sampling setti
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase
 
+from lm.endpoint import EndpointSettings
 from sampling.sampler import PromptRequest, SampleBatch, SampledCompletion, SampleRequest, SamplingParams, prompt_requests
-
-
-class EndpointSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base_url: str = Field(description="the endpoint's /v1 URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
-    model: str = Field(description="the model name the endpoint serves")
-    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="env var holding the API key (only its name is stored)")
-    concurrency: int = Field(default=8, gt=0, description="requests in flight")
-    max_retries: int = Field(default=4, ge=0, description="retries of a failed request (429/5xx/timeouts), with backoff")
-    timeout_s: float = Field(default=120, gt=0, description="per request")
-    max_requests: int | None = Field(default=None, gt=0, description="at most this many requests per run (a budget)")
 
 
 class EndpointBudgetSpent(RuntimeError):
@@ -50,8 +38,7 @@ class EndpointSampler:
 
     async def _sample_rows(self, requests: Sequence[SampleRequest], batch: SampleBatch,
                            params: SamplingParams) -> list[SampledCompletion]:
-        key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
-        client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=key or "not-needed",
+        client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=self.settings.api_key(),
                                     max_retries=self.settings.max_retries, timeout=self.settings.timeout_s)
         gate = asyncio.Semaphore(self.settings.concurrency)
 

@@ -130,38 +130,11 @@ def vllm_server(smollm2_dir, vllm_settings, tmp_path_factory):
         yield base_url
 
 
-# Check principles decide deterministically (and identically in both orders), so some pairs of the
-# random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
-CONSTITUTION = """
-name: test
-principles:
-  - id: short
-    text: At most 5 words.
-    weight: 2
-    check: {max_words: 5}
-  - id: helpful
-    text: The reply helps the customer.
-    weight: 0.1
-"""
-
-
 @pytest.fixture()
 def round_config(tmp_path, tiny_model_dir):
     """A round of the tiny model on the bundled prompts, small enough for fast tests."""
     from flows.config import RoundConfig
 
-    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
-    return RoundConfig.model_validate({
-        "seed": 3,
-        "constitution": str(tmp_path / "constitution.yaml"),
-        "policy": {"path": str(tiny_model_dir)},
-        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
-        "sampler": {"max_new_tokens": 10, "batch_size": 8},
-        "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
-        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
-        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
-        # a bar of 0.01: any candidate not clearly worse is promoted, so tests can follow a lineage
-        "eval": {"max_new_tokens": 10, "samples_per_prompt": 2, "margin": -0.49},
-        "store": {"path": str(tmp_path / "rlaif.duckdb")},
-        "runtime": {"threads": 1},
-    })
+    from helpers import tiny_round_settings
+
+    return RoundConfig.model_validate(tiny_round_settings(tmp_path, tiny_model_dir))

@@ -68,3 +68,38 @@ def stop_processes(processes, logs=()) -> None:
             process.kill()
     for log in logs:
         log.close()
+
+
+# Check principles decide deterministically (and identically in both orders), so some pairs of the
+# random tiny model's outputs are trustworthy; the model-judged principle still runs the local judge.
+TINY_CONSTITUTION = """
+name: test
+principles:
+  - id: short
+    text: At most 5 words.
+    weight: 2
+    check: {max_words: 5}
+  - id: helpful
+    text: The reply helps the customer.
+    weight: 0.1
+"""
+
+
+def tiny_round_settings(folder, model_dir) -> dict:
+    """A round of the tiny model on the bundled prompts, small enough for fast tests (its constitution
+    written into `folder`, its store there too): the `round_config` fixture's settings."""
+    (folder / "constitution.yaml").write_text(TINY_CONSTITUTION)
+    return {
+        "seed": 3,
+        "constitution": str(folder / "constitution.yaml"),
+        "policy": {"path": str(model_dir)},
+        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
+        "sampler": {"max_new_tokens": 10, "batch_size": 8},
+        "judge": {"model_path": str(model_dir), "batch_size": 8},
+        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
+        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
+        # a bar of 0.01: any candidate not clearly worse is promoted, so tests can follow a lineage
+        "eval": {"max_new_tokens": 10, "samples_per_prompt": 2, "margin": -0.49},
+        "store": {"path": str(folder / "rlaif.duckdb")},
+        "runtime": {"threads": 1},
+    }

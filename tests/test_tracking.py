@@ -17,18 +17,7 @@ from flows.tracking import STEP_FIELDS, TrackingError, metric_name, require_pack
 from store.db import Store
 from store.rows import RoundRow
 
-# as tests/conftest.py's round_config, for a module-scoped round (one round serves every test here)
-CONSTITUTION = """
-name: test
-principles:
-  - id: short
-    text: At most 5 words.
-    weight: 2
-    check: {max_words: 5}
-  - id: helpful
-    text: The reply helps the customer.
-    weight: 0.1
-"""
+from helpers import tiny_round_settings
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +26,8 @@ def tracked(prefect_harness, tiny_model_dir, tmp_path_factory):
     from flows.round import rlaif_round
 
     folder = tmp_path_factory.mktemp("tracked")
-    (folder / "constitution.yaml").write_text(CONSTITUTION)
-    config = RoundConfig.model_validate({
-        "seed": 3,
-        "constitution": str(folder / "constitution.yaml"),
-        "policy": {"path": str(tiny_model_dir)},
-        "prompts": {"source": "bundled:support", "train_per_round": 8, "heldout": 3},
-        "sampler": {"max_new_tokens": 10, "batch_size": 8},
-        "judge": {"model_path": str(tiny_model_dir), "batch_size": 8},
-        "routing": {"random_rate": 0.5, "high_stakes_tags": ["safety"]},
-        "training": {"batch_size": 2, "epochs": 1, "min_pairs": 1, "lora_r": 4},
-        "eval": {"max_new_tokens": 10, "samples_per_prompt": 2, "margin": -0.49},
-        "store": {"path": str(folder / "rlaif.duckdb")},
-        "runtime": {"threads": 1},
-        "tracking": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}", "tensorboard": str(folder / "tb"), "experiment": "rlaif-test"},
-    })
+    config = RoundConfig.model_validate(tiny_round_settings(folder, tiny_model_dir) | {  # round_config's, module-scoped
+        "tracking": {"mlflow": f"sqlite:///{folder / 'mlflow.db'}", "tensorboard": str(folder / "tb"), "experiment": "rlaif-test"}})
     summary = rlaif_round(config=config)
     assert summary.status == "finished" and summary.train.trained, summary.decision
     config_file = folder / "config.yaml"
