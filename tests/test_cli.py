@@ -150,7 +150,8 @@ def test_demo_runs_a_real_round_and_status_reports_it(tmp_path):
         counts = store.count_rows()
         (rnd,) = store.rounds()
     assert rnd.status == "finished"
-    assert counts["prompts"] == 220 + 8 and counts["completions"] >= 32 and counts["pairs"] >= 16  # + the probe prompts
+    # + the probe prompts and the gold set's prompts
+    assert counts["prompts"] == 220 + 8 + 130 and counts["completions"] >= 32 and counts["pairs"] >= 16
     assert counts["judgments"] >= 32 and counts["verdicts"] >= 16 and counts["review_queue"] >= 1
     # the whole loop with every trust gate on: the judge is qualified (once), a candidate is trained,
     # evaluated, and promotion is decided
