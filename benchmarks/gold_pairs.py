@@ -6,7 +6,7 @@ Takes the first N train prompts of the bundled support task in a fixed shuffle, 
 SmolLM2 answer each twice with the round's default sampler settings (temperature 0.8, top-p 0.95,
 96 new tokens) and the bundled constitution's system prompt. Writes one JSON object per pair (prompt, tags,
 text_a, text_b) for people to label; review/gold/README.md says how the bundled gold set was
-labelled from this file.
+labelled from this file. Last line: `RESULT gold_pairs <pairs written>`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
             a, b = replies[p.prompt_id]
             out.write(json.dumps({"prompt": p.text, "tags": p.tags, "text_a": a, "text_b": b}) + "\n")
     print(f"{len(train)} pairs written to {args.out}")
+    print(f"RESULT gold_pairs {len(train)}")
 
 
 if __name__ == "__main__":
