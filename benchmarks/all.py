@@ -20,6 +20,7 @@ BENCHMARKS = [  # (script, what the ratio is, goal)
     ("dpo.py", "DPO trainer tokens/s: ours / TRL DPOTrainer", ">= 1.5"),
     ("sampling_backends.py", "sampling tokens/s: vLLM engine / transformers", ">= 3"),
     ("judge_throughput.py", "judge requests/s: our client / bare httpx", ">= 0.9"),
+    ("judge_reply_cache.py", "local pointwise judge requests/s: grouped by reply / each alone", ">= 2"),
     ("orchestration.py", "Prefect + DuckDB share of a demo round's wall time", "small"),
     ("store_writers.py", "review page p95 while another process writes (DuckLake on PostgreSQL)", "answers (no 503)"),
 ]

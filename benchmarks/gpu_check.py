@@ -211,9 +211,10 @@ def check_judge(checkpoint: Path, device: str) -> dict:
     for where in ("cpu", device):
         judge = LocalLogprobJudge(load_model(checkpoint, device=where), tokenizer, "tiny", formulation="pointwise_fewshot")
         turns = judge._examples(constitution, constitution.principles)
-        prompts = [judge._chat_ids(turns, question(judge.template, p, "Where is my parcel?", reply))
-                   for p in constitution.principles[:4] for reply in ("It left today.", "Send me your password now.")]
-        scores[where] = [x for pair in judge._score(prompts, judge._prefix_ids(turns), lambda d, t: None) for x in pair]
+        asked = [(reply, p) for reply in ("It left today.", "Send me your password now.") for p in constitution.principles[:4]]
+        prompts = [judge._chat_ids(turns, question(judge.template, p, "Where is my parcel?", reply)) for reply, p in asked]
+        groups = [reply for reply, _ in asked]  # each reply's cache serves its four principles, as in a round
+        scores[where] = [x for pair in judge._score(prompts, judge._prefix_ids(turns), groups, lambda d, t: None) for x in pair]
     gap = max(abs(a - b) for a, b in zip(scores["cpu"], scores[device]))
     return {"device": device, "n_scores": len(scores[device]), "max_gap_to_cpu": gap, "tolerance": 1e-4, "passed": gap <= 1e-4}
 

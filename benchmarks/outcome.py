@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -124,7 +125,8 @@ def main() -> None:
         print(f"  pass {pid:24s} {rate:6.0%} vs {outcome.baseline.principle_pass.get(pid, float('nan')):6.0%}")
     for name, rate in outcome.candidate.probe_pass.items():
         print(f"  probe {name:23s} {rate:6.0%} vs {outcome.baseline.probe_pass.get(name, float('nan')):6.0%}")
-    (args.out / "outcome.json").write_text(json.dumps({"rounds": args.rounds, "loop_minutes": loop_s / 60, "set": args.set,
+    command = "python benchmarks/outcome.py " + " ".join(sys.argv[1:])
+    (args.out / "outcome.json").write_text(json.dumps({"command": command, "rounds": args.rounds, "loop_minutes": loop_s / 60, "set": args.set,
                                                        "final": final, "base": base, "judge": judge_id,
                                                        "trusted_principles": trusted, "per_round": per_round,
                                                        **result_fields(outcome)}, indent=1))

@@ -9,7 +9,9 @@ Three formulations, all one forward pass per request, batched, with checks decid
   shared by several pairs (or by both orders) is scored once.
 
 Prompt layout for prefix caching: everything shared by all requests (instructions, examples) comes
-first, and its key/value cache is computed once per batch shape and reused; the pair comes last.
+first, and its key/value cache is computed once; then what several requests share (the message and
+the reply, asked about each principle in turn) once per reply; only the principle's question is run
+per request.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -55,7 +57,9 @@ class LocalLogprobJudge:
         self.batch_size, self.tie_margin, self.max_completion_tokens = batch_size, tie_margin, max_completion_tokens
         self.formulation = formulation
         self.template: JudgeTemplate = load_template(TEMPLATES[formulation])
-        settings = {"tie_margin": tie_margin, "max_completion_tokens": max_completion_tokens}
+        settings: dict[str, object] = {"tie_margin": tie_margin, "max_completion_tokens": max_completion_tokens}
+        if formulation != "principle_ab":  # a new question is a new judge: qualified afresh
+            settings["template"] = self.template.version
         suffix = "" if formulation == "principle_ab" else f":{formulation}"  # principle_ab keeps its old ids
         self.judge_id = f"local_logprob:{model_name}:{stable_id(settings)[:6]}{suffix}"
         if self.taught:
@@ -144,9 +148,8 @@ class LocalLogprobJudge:
                         requests[key] = self._chat_ids(turns, user)
         started = time.perf_counter()
         keys = list(requests)
-        fresh = self._score([requests[k] for k in keys], self._prefix_ids(turns), progress) if keys else []
-        if not keys:
-            progress(1, 1)
+        # requests differing only in the principle (the key's last part) share the reply's cache
+        fresh = self._score([requests[k] for k in keys], self._prefix_ids(turns), [k[:-1] for k in keys], progress)
         self._scored.update(zip(keys, fresh))
         probs = {key[1:]: self._scored[key] for key in needed}
         seconds_per_item = (time.perf_counter() - started) / max(len(items), 1)
@@ -185,50 +188,117 @@ class LocalLogprobJudge:
         return vote, {"p_A": round(p_first, 4), "p_B": round(p_second, 4)}
 
     @torch.no_grad()
-    def _score(self, prompts: list[list[int]], prefix: list[int],
+    def _score(self, prompts: list[list[int]], prefix: list[int], groups: Sequence[Hashable],
                progress: Callable[[int, int], None]) -> list[tuple[float, float]]:
         """(p(first answer), p(second answer)) renormalised over the two, per prompt.
 
-        Every prompt starts with `prefix` (the shared instructions and examples): its key/value cache
-        is computed once and each batch reads it, so only the per-request tails are run. Tails are
-        right padded; each row's answer distribution is read at its own last token.
+        Each prompt is read in three parts, so that what several prompts share is run once:
+        - `prefix`, which every prompt starts with (the instructions and examples): once;
+        - its group's middle: the tokens all prompts with the same `groups` key share after the prefix
+          (the message and the reply, which the pointwise template puts before the principle);
+          a prompt alone in its group has everything but its last token as its middle;
+        - its own tail (the principle's question), at least one token: the answer is read at its end.
+        Up to `batch_size` groups' middles run as one batch, then their tails in batches of
+        `batch_size`, each row reading its group's cache. On a CPU a forward pass costs at least one
+        read of every weight, so rows are batched even when they are short.
         """
-        pad, device = self.tokenizer.pad_token_id, self.model.device
         if prefix and any(p[:len(prefix)] != prefix for p in prompts):
             prefix = []  # a tokenizer merged across the boundary: no sharing (correct, only slower)
-        shared = None
-        if prefix:
-            shared = DynamicCache()
-            self.model.base_model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **{self._cache_kw: shared})
-        tails = [p[len(prefix):] for p in prompts]
-        by_length = sorted(range(len(prompts)), key=lambda i: len(tails[i]))
+        members: dict[Hashable, list[int]] = {}
+        for i, group in enumerate(groups):
+            members.setdefault(group, []).append(i)
+        parts: list[tuple[int, list[int]]] = []  # (where the group's middle ends, its prompts)
+        for rows in members.values():
+            common = min(_common_length([prompts[i] for i in rows]), min(len(prompts[i]) for i in rows) - 1)
+            if common > len(prefix) or len(rows) == 1:
+                parts.append((max(common, len(prefix)), rows))
+            else:  # nothing shared beyond the prefix: alone, each is its own group
+                parts += [(len(prompts[i]) - 1, [i]) for i in rows]
+        parts.sort(key=lambda part: part[0])  # similar middles share a batch: little padding
+        shared = self._read(None, [prefix])[0] if prefix else None                               # (1, heads, P, head_dim) per layer
         out: list[tuple[float, float]] = [(0.5, 0.5)] * len(prompts)
-        for start in range(0, len(by_length), self.batch_size):
-            chunk = by_length[start:start + self.batch_size]
-            input_ids, tail_mask = pad_rows([tails[i] for i in chunk], pad, "right")              # (b, W) right padded
-            b, width = input_ids.shape
-            attention = torch.cat([torch.ones((b, len(prefix)), dtype=torch.long), tail_mask], dim=1)  # (b, P + W)
-            input_ids, attention = input_ids.to(device), attention.to(device)
-            position_ids = torch.arange(len(prefix), len(prefix) + width, device=device).expand(b, width)
-            cache = None
-            if shared is not None:
-                cache = DynamicCache()
-                for layer, (keys, values) in enumerate(_layers(shared)):
-                    cache.update(keys.expand(b, -1, -1, -1).contiguous(), values.expand(b, -1, -1, -1).contiguous(), layer)
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                                           use_cache=cache is not None, **{self._cache_kw: cache}).last_hidden_state  # (b, W, d)
-            last = torch.tensor([len(tails[i]) - 1 for i in chunk], device=device)
-            logits = self.model.get_output_embeddings()(hidden[torch.arange(b, device=device), last])         # (b, V): only the answer position
-            probs = torch.softmax(logits.float(), dim=-1)
-            first = probs[:, self._answer_ids[0]].sum(-1)
-            second = probs[:, self._answer_ids[1]].sum(-1)
-            total = (first + second).clamp(min=1e-12)
-            for row, i in enumerate(chunk):
-                out[i] = (float(first[row] / total[row]), float(second[row] / total[row]))
-            progress(min(start + b, len(prompts)), len(prompts))
+        done = 0
+        for batch in _batches(parts, self.batch_size):
+            middles = [prompts[rows[0]][len(prefix):end] for end, rows in batch]
+            cache, middle_mask = self._read(shared, middles)                                    # rows: one per group
+            tails = [(g, i) for g, (end, rows) in enumerate(batch) for i in rows]
+            for chunk in _batches(tails, self.batch_size):
+                which = torch.tensor([g for g, _ in chunk])
+                probs = self._answer_probs(cache, middle_mask[which], len(prefix),
+                                           [prompts[i][batch[g][0]:] for g, i in chunk], which)
+                for (_, i), p in zip(chunk, probs):
+                    out[i] = p
+                done += len(chunk)
+                progress(done, len(prompts))
+        if not prompts:
+            progress(1, 1)
         return out
+
+    def _read(self, shared: DynamicCache | None, rows: list[list[int]]) -> tuple[DynamicCache | None, torch.Tensor]:
+        """(the key/value cache of `shared` (one row, left as it is) followed by each of `rows`, right
+        padded, one cache row per row; the (len(rows), W) mask of their real tokens)."""
+        device = self.model.device
+        ids, mask = pad_rows(rows, self.tokenizer.pad_token_id, "right")                           # (G, W)
+        g, width = ids.shape
+        if width == 0:
+            return (None if shared is None else _rows(shared, torch.zeros(g, dtype=torch.long))), mask
+        start = _length(shared)
+        cache = DynamicCache() if shared is None else _rows(shared, torch.zeros(g, dtype=torch.long))
+        attention = torch.cat([torch.ones((g, start), dtype=torch.long), mask], dim=1)             # (G, S + W)
+        positions = torch.arange(start, start + width, device=device).expand(g, width)
+        self.model.base_model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions,
+                              use_cache=True, **{self._cache_kw: cache})
+        return cache, mask
+
+    def _answer_probs(self, cache: DynamicCache | None, middle_mask: torch.Tensor, prefix_length: int,
+                      tails: list[list[int]], rows: torch.Tensor) -> list[tuple[float, float]]:
+        """One forward of `tails` (each >= 1 token), tail k after row `rows[k]` of `cache`: the prefix and
+        that row's middle, whose real tokens `middle_mask[k]` marks."""
+        device = self.model.device
+        input_ids, tail_mask = pad_rows(tails, self.tokenizer.pad_token_id, "right")              # (b, W) right padded
+        b, width = input_ids.shape
+        attention = torch.cat([torch.ones((b, prefix_length), dtype=torch.long), middle_mask, tail_mask], dim=1)  # (b, P + M + W)
+        middle = middle_mask.sum(dim=1, keepdim=True)                                            # (b, 1) real middle tokens
+        position_ids = (prefix_length + middle + torch.arange(width)).to(device)                  # (b, W) each row continues its own middle
+        batch_cache = None if cache is None else _rows(cache, rows)
+        hidden = self.model.base_model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       position_ids=position_ids, use_cache=batch_cache is not None,
+                                       **{self._cache_kw: batch_cache}).last_hidden_state         # (b, W, d)
+        last = torch.tensor([len(t) - 1 for t in tails], device=device)
+        logits = self.model.get_output_embeddings()(hidden[torch.arange(b, device=device), last])  # (b, V): only the answer position
+        probs = torch.softmax(logits.float(), dim=-1)
+        first = probs[:, self._answer_ids[0]].sum(-1)
+        second = probs[:, self._answer_ids[1]].sum(-1)
+        total = (first + second).clamp(min=1e-12)
+        return [(float(f / t), float(s / t)) for f, s, t in zip(first, second, total)]
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares."""
+    length = min(len(r) for r in rows)
+    for i in range(length):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return length
+
+
+def _length(cache: DynamicCache | None) -> int:
+    return 0 if cache is None else _layers(cache)[0][0].shape[2]
+
+
+def _rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache of the given rows of `cache` (repeats allowed); `cache` is not written to."""
+    picked = DynamicCache()
+    for layer, (keys, values) in enumerate(_layers(cache)):
+        index = rows.to(keys.device)
+        picked.update(keys.index_select(0, index), values.index_select(0, index), layer)
+    return picked
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer of a filled cache, each (1, heads, P, head_dim)."""
+    """(keys, values) per layer of a filled cache, each (rows, kv heads, tokens, head_dim)."""
     return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr,misc]  # attention layers only

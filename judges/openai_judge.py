@@ -168,6 +168,7 @@ class OpenAIJudge:
         identity["tie_margin"] = tie_margin
         if pointwise_judge:  # (pairwise_json keeps the ids judgments were cached under before formulations)
             identity["formulation"] = formulation
+            identity["template"] = self.template.version  # a new question is a new judge: qualified afresh
         self.judge_id = f"openai:{settings.model}:{stable_id(identity)[:6]}"
         if self.taught:
             self.judge_id += f"+taught:{stable_id([t.model_dump() for t in self.taught])[:6]}"

@@ -2,7 +2,9 @@
 
 One (reply, principle) per request: "does this reply break the principle? yes/no", scored from the
 answer token's probabilities, so the judge never sees two replies side by side and has no slot to
-prefer. A pair's vote on a principle is p(breaks | b) - p(breaks | a).
+prefer. A pair's vote on a principle is p(breaks | b) - p(breaks | a). The question names the
+principle after the message and the reply: a reply is read once and asked about each principle
+(the local judge shares its key/value cache; a server with prefix caching does the same).
 
 Few-shot: worked examples built from the constitution come first in every request (one shared
 prefix): each principle's first violation (position 0; never the held-out odd positions that
@@ -21,7 +23,7 @@ from constitution.loader import Constitution, Principle
 from judges.templates import JudgeTemplate
 from judges.verdict import PrincipleVote, winner_of
 
-TEMPLATE_NAME = "pointwise_v1"
+TEMPLATE_NAME = "pointwise_v2"
 EXAMPLE_MESSAGE = "(an example message)"
 GENERIC_NEUTRAL_ENDINGS = (
     "Thank you for your message, and please let me know if there is anything else I can help with.",

@@ -145,10 +145,10 @@ class StubOpenAIServer:
 
 
 def _pointwise_answer(user: str, server: StubOpenAIServer) -> tuple[str, list[dict]]:
-    reply = user.split("\n\nReply:\n", 1)[1].split("\n\nDoes the reply break the principle?", 1)[0]
+    reply = user.split("\n\nReply:\n", 1)[1].rsplit("\n\nPrinciple: ", 1)[0]
     breaks = False
     if server.mode == "sees":
-        principle = user.split("Principle: ", 1)[1].split("\n\n", 1)[0]
+        principle = user.rsplit("\n\nPrinciple: ", 1)[1].split("\n\n", 1)[0]
         pids = [pid for pid, text in server.principle_texts.items() if text == principle]
         breaks = any(v in reply for pid in pids for v in server.violations.get(pid, []))
     answer, other = ("yes", "no") if breaks else ("no", "yes")

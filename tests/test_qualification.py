@@ -8,6 +8,7 @@ local judge, a real DuckDB file, the real CLI, Prefect's test harness for rounds
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -266,18 +267,25 @@ def test_every_local_formulation_qualifies_and_pointwise_has_no_slot_to_prefer(r
         assert trusted_principles(store, config, constitution, judge)[2] is False  # stored: not measured again
 
 
-def test_the_shared_prefix_cache_gives_the_same_probabilities_as_full_forwards(tiny_model):
+def test_the_shared_caches_give_the_same_probabilities_as_full_forwards(tiny_model):
     model, tokenizer = tiny_model
     constitution = load_constitution("bundled:support")
-    judge = LocalLogprobJudge(model, tokenizer, "tiny", formulation="pointwise_fewshot", batch_size=3)
+    judge = LocalLogprobJudge(model, tokenizer, "tiny", formulation="pointwise_fewshot", batch_size=2)
     turns = judge._examples(constitution, constitution.principles)
-    prompts = [judge._chat_ids(turns, pointwise.question(judge.template, p, "Where is my parcel?", reply))
-               for p in constitution.principles[:3] for reply in ("It left today.", "Send me your password, now please.")]
+    replies = ("It left today.", "Send me your password, now please.", "Thanks!")
+    asked = [(reply, p) for reply in replies for p in constitution.principles[:3]] + [("Alone.", constitution.principles[0])]
+    prompts = [judge._chat_ids(turns, pointwise.question(judge.template, p, "Where is my parcel?", reply)) for reply, p in asked]
     prefix = judge._prefix_ids(turns)
     assert len(prefix) > 100 and all(p[:len(prefix)] == prefix for p in prompts)
-    cached = judge._score(prompts, prefix, lambda d, t: None)
-    full = judge._score(prompts, [], lambda d, t: None)
-    assert [p for pair in cached for p in pair] == pytest.approx([p for pair in full for p in pair], abs=1e-5)
+    by_reply = judge._score(prompts, prefix, [reply for reply, _ in asked], lambda d, t: None)
+    # the reply comes before the principle, so a reply's three questions share more than the prefix
+    shared = len(os.path.commonprefix([tuple(p) for p in prompts[:3]]))
+    assert shared > len(prefix) + len(tokenizer(replies[0])["input_ids"])
+    prefix_only = judge._score(prompts, prefix, range(len(prompts)), lambda d, t: None)
+    full = judge._score(prompts, [], range(len(prompts)), lambda d, t: None)
+    flat = [[p for pair in probs for p in pair] for probs in (by_reply, prefix_only)]
+    assert flat[0] == pytest.approx([p for pair in full for p in pair], abs=1e-5)
+    assert flat[1] == pytest.approx([p for pair in full for p in pair], abs=1e-5)
 
 
 def free_port() -> int:
