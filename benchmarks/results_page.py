@@ -76,7 +76,7 @@ def decision_section(d: dict) -> list[str]:
 def outcome_section(d: dict, title: str, source: str) -> list[str]:
     out = [f"## {title}", "", f"`{d.get('command', 'python benchmarks/outcome.py ' + ' '.join(d.get('set', [])))}` "
            f"(`docs/results/{source}`): {d['rounds']} rounds, {d['loop_minutes']:.0f} min; judge `{d.get('judge', '-')}`, "
-           f"counting {', '.join(d.get('trusted_principles') or []) or '-'}.", "",
+           f"counting {', '.join(d.get('trusted_principles') or []) or 'no model-judged principle (the executable checks decide)'}.", "",
            "| round | pairs judged | consistent | trained on | chosen longer | raw win (95% CI) | LC win (95% CI) | "
            "k | decision | policy mean tokens | promoted |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d.get("per_round", []):
@@ -104,6 +104,8 @@ def outcome_section(d: dict, title: str, source: str) -> list[str]:
         diff = diffs.get(f"probe:{name}")
         shown = "-" if diff is None else f"{diff['estimate']:+.0%} ({diff['low']:+.0%} to {diff['high']:+.0%})"
         out.append(f"| probe: {name} | {pct(rate)} | {pct(d['baseline'].get('probe_pass', {}).get(name))} | {shown} |")
+    if d.get("note"):
+        out += ["", d["note"]]
     return out + [""]
 
 
