@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from lm.batching import chunks
 from store.db import Store
 from store.ids import stable_id
 from store.rows import RoundRow, StepMetrics
@@ -175,11 +176,11 @@ def log_mlflow(record: TrackedRound, uri: str, experiment: str) -> str:
     metrics = [Metric(s.name, s.value, at, s.step) for s in record.scalars]
     params = [Param(name, value[:6000]) for name, value in record.params.items()]
     tags = [RunTag(name, value) for name, value in record.tags.items()]
-    for chunk in _chunks(metrics, 1000):
+    for chunk in chunks(metrics, 1000):
         client.log_batch(run_id, metrics=chunk)
-    for chunk in _chunks(params, 100):
+    for chunk in chunks(params, 100):
         client.log_batch(run_id, params=chunk)
-    for chunk in _chunks(tags, 100):
+    for chunk in chunks(tags, 100):
         client.log_batch(run_id, tags=chunk)
     client.set_terminated(run_id, "FINISHED", end_time=at)
     return run_id
@@ -223,8 +224,3 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 def _millis(moment: datetime) -> int:
     """The store's times are naive UTC."""
     return math.floor((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -30,7 +30,7 @@ from judges import pointwise
 from judges.checks import check_votes
 from judges.templates import JudgeTemplate, load_template
 from judges.verdict import Order, OrderJudgment, PairText, PrincipleVote, pair_score, scored_judgment, shown_texts, winner_of
-from lm.batching import pad_rows
+from lm.batching import chunks, pad_rows
 from lm.loading import chat_text
 from store.ids import stable_id
 
@@ -218,11 +218,11 @@ class LocalLogprobJudge:
         shared = self._read(None, [prefix])[0] if prefix else None                               # (1, heads, P, head_dim) per layer
         out: list[tuple[float, float]] = [(0.5, 0.5)] * len(prompts)
         done = 0
-        for batch in _batches(parts, self.batch_size):
+        for batch in chunks(parts, self.batch_size):
             middles = [prompts[rows[0]][len(prefix):end] for end, rows in batch]
             cache, middle_mask = self._read(shared, middles)                                    # rows: one per group
             tails = [(g, i) for g, (end, rows) in enumerate(batch) for i in rows]
-            for chunk in _batches(tails, self.batch_size):
+            for chunk in chunks(tails, self.batch_size):
                 which = torch.tensor([g for g, _ in chunk])
                 probs = self._answer_probs(cache, middle_mask[which], len(prefix),
                                            [prompts[i][batch[g][0]:] for g, i in chunk], which)
@@ -240,10 +240,10 @@ class LocalLogprobJudge:
         device = self.model.device
         ids, mask = pad_rows(rows, self.tokenizer.pad_token_id, "right")                           # (G, W)
         g, width = ids.shape
-        if width == 0:
-            return (None if shared is None else _rows(shared, torch.zeros(g, dtype=torch.long))), mask
-        start = _length(shared)
         cache = DynamicCache() if shared is None else _rows(shared, torch.zeros(g, dtype=torch.long))
+        if width == 0:
+            return (None if shared is None else cache), mask
+        start = _length(shared)
         attention = torch.cat([torch.ones((g, start), dtype=torch.long), mask], dim=1)             # (G, S + W)
         positions = torch.arange(start, start + width, device=device).expand(g, width)
         self.model.base_model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions,
@@ -271,10 +271,6 @@ class LocalLogprobJudge:
         second = probs[:, self._answer_ids[1]].sum(-1)
         total = (first + second).clamp(min=1e-12)
         return [(float(f / t), float(s / t)) for f, s, t in zip(first, second, total)]
-
-
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _common_length(rows: list[list[int]]) -> int:

@@ -23,3 +23,8 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
+
+
+def chunks(items: Sequence, size: int) -> list[list]:
+    """`items` in consecutive lists of at most `size` (the last may be shorter)."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]

@@ -32,7 +32,3 @@ def pair_logps(model: torch.nn.Module, pairs: Sequence[PreferencePair], pad_id: 
     completions = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     logps = sequence_logps(model, collate(prompts, completions, pad_id))  # (2B,)
     return logps[: len(pairs)], logps[len(pairs):]
-
-
-def chunks(items: Sequence, size: int) -> list[list]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]

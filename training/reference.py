@@ -15,7 +15,8 @@ import torch
 from peft import PeftModel
 from pydantic import BaseModel
 
-from training.pairs import PreferencePair, chunks, pair_logps
+from lm.batching import chunks
+from training.pairs import PreferencePair, pair_logps
 
 
 class ReferenceChoice(BaseModel):

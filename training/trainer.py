@@ -22,9 +22,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
+from lm.batching import chunks
 from store.rows import StepMetrics
 from training.dpo_loss import LossType, dpo_loss
-from training.pairs import PreferencePair, chunks, pair_logps
+from training.pairs import PreferencePair, pair_logps
 from training.reference import ReferenceChoice, choose_reference
 
 
