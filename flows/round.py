@@ -280,8 +280,10 @@ def review_gate(store: Store, config: RoundConfig, rnd: RoundRow) -> str | None:
         store.set_round_status(rnd.round_id, "waiting_for_review", missing)
         logger.info("round %d suspends until its reviews are done (%s) or `rlaif review release %d`",
                     rnd.round_index, missing, rnd.round_index)
-        release = suspend_flow_run(wait_for_input=ReviewRelease, timeout=config.review.wait_timeout_s,
-                                   key=f"review-gate-{rnd.round_id}")
+        # the file is let go before Prefect marks the run Suspended, so a release never finds it locked
+        with store.released(stay_closed_on=(Pause,)):
+            release = suspend_flow_run(wait_for_input=ReviewRelease, timeout=config.review.wait_timeout_s,
+                                       key=f"review-gate-{rnd.round_id}")
         logger.info("review gate released by %s", release.released_by)
         return None
     return (f"waiting for reviews: {missing}. Review with `rlaif review serve`, then rerun `rlaif round`, "

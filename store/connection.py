@@ -198,17 +198,23 @@ class Connection:
             pass
 
     @contextmanager
-    def released(self) -> Iterator[None]:
+    def released(self, stay_closed_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
         """Let other processes write for the block: a DuckDB file is closed (e.g. for a launched
-        trainer or a stage on a worker), then reopened; a lake is shared anyway."""
+        trainer or a stage on a worker), then reopened; a lake is shared anyway. An exception in
+        `stay_closed_on` leaves it closed: the process is about to end (a run suspending at the
+        review gate), and reopening would lock out whoever acts on that."""
         if self.lake:
             yield
             return
         self.close()
         try:
             yield
-        finally:
+        except stay_closed_on:
+            raise
+        except BaseException:
             self.con = self._connect()
+            raise
+        self.con = self._connect()
 
     # ---- transactions -------------------------------------------------------------------------
 

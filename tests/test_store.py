@@ -79,6 +79,25 @@ def test_second_process_gets_a_clear_error(tmp_path):
     assert not stale.exists()
 
 
+class Suspended(Exception):
+    """Stands in for Prefect's Pause (the store does not import prefect)."""
+
+
+def test_a_released_file_stays_free_when_the_block_ends_the_process_and_reopens_otherwise(tmp_path):
+    db = tmp_path / "r.duckdb"
+    opens_elsewhere = [sys.executable, "-c", f"from store.db import Store; Store({str(db)!r}, read_only=True).close()"]
+    store = Store(db)
+    with pytest.raises(RuntimeError), store.released(stay_closed_on=(Suspended,)):
+        raise RuntimeError("a stage failed")
+    assert store.count_rows()["prompts"] == 0  # reopened: the round can still record its failure
+    assert subprocess.run(opens_elsewhere, capture_output=True).returncode != 0  # and holds the file again
+    with pytest.raises(Suspended), store.released(stay_closed_on=(Suspended,)):
+        raise Suspended
+    done = subprocess.run(opens_elsewhere, capture_output=True, text=True)  # a suspended run has let go
+    assert done.returncode == 0, done.stderr
+    store.close()  # the store's own exit closes it again, harmlessly
+
+
 def test_read_only_open_of_missing_db_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no such database"):
         Store(tmp_path / "missing.duckdb", read_only=True)
