@@ -93,6 +93,15 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture()
+def rlaif_env(prefect_harness) -> dict[str, str]:
+    """The environment of the `rlaif` processes a test starts: the session's Prefect server, so a
+    process that runs a flow does not start a temporary server of its own (~6 s each)."""
+    from prefect.settings import get_current_settings
+
+    return {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url), "COLUMNS": "200"}
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One throwaway PostgreSQL cluster for the session (tests/pg_cluster.py); tests create databases in it."""

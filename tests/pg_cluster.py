@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster for tests and benchmarks: Debian's `postgresql` binaries, a data
 directory in a temp folder, a free port on 127.0.0.1, stopped (and deleted) at the end.
 
-`make test` installs the package where it is missing (`make postgres`). PostgreSQL refuses to run
+`make test` installs the package where it is missing (`make debian-packages`). PostgreSQL refuses to run
 as root, so as root the cluster runs as the unprivileged user `nobody`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 def postgres_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL is not installed: `make postgres` (apt-get install postgresql)")
+        raise RuntimeError("PostgreSQL is not installed: `make debian-packages` (apt-get install postgresql)")
     return found[-1].parent
 
 

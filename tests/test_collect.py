@@ -45,14 +45,14 @@ def rlaif(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([RLAIF, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_a_file_is_collected_once_judged_in_both_orders_and_a_second_run_stores_nothing(tmp_path, round_config):
+def test_a_file_is_collected_once_judged_in_both_orders_and_a_second_run_stores_nothing(tmp_path, round_config, rlaif_env):
     source = tmp_path / "replies.parquet"
     columns = {"tags": None, "id": None, "metadata": None}  # every column in every row (Arrow infers from the first)
     pq.write_table(pa.Table.from_pylist([{**columns, **r, "responses": [x if isinstance(x, dict) else {"text": x}
                                                                          for x in r["responses"]]} for r in ROWS]), source)
     config = collect_config(tmp_path, round_config)
     db = str(tmp_path / "rlaif.duckdb")
-    first = rlaif("collect", "--config", str(config), "--file", str(source), "--db", db)
+    first = rlaif("collect", "--config", str(config), "--file", str(source), "--db", db, env=rlaif_env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "collection 1" in first.stdout
     with Store(db, read_only=True) as store:
@@ -72,7 +72,7 @@ def test_a_file_is_collected_once_judged_in_both_orders_and_a_second_run_stores_
     assert len(judged) == len(pairs) and all(v.status == "ok" for v in judged)  # judged in both orders: a combined verdict each
     assert counts["judgments"] == 2 * len(pairs)
 
-    again = rlaif("collect", "--config", str(config), "--file", str(source), "--db", db)
+    again = rlaif("collect", "--config", str(config), "--file", str(source), "--db", db, env=rlaif_env)
     assert again.returncode == 0, again.stderr[-3000:]
     with Store(db, read_only=True) as store:
         assert store.count_rows() == counts and len(store.rounds()) == 1
@@ -97,16 +97,16 @@ def test_a_malformed_file_exits_2_naming_the_row_and_writes_nothing(tmp_path, ro
     assert len(done.stderr.strip().splitlines()) == 1 and not db.exists()
 
 
-def test_an_endpoint_is_sampled_n_per_prompt_with_retries_and_the_same_night_twice_stores_nothing(tmp_path, round_config):
+def test_an_endpoint_is_sampled_n_per_prompt_with_retries_and_the_same_night_twice_stores_nothing(tmp_path, round_config, rlaif_env):
     with StubPolicyServer(honours_n=False) as server:  # one choice per request: the sampler asks again for the rest
         config = collect_config(tmp_path, round_config, source="openai",
                                 openai={"base_url": server.base_url, "model": "prod-model", "api_key_env": None,
                                         "max_retries": 2})
         db = str(tmp_path / "rlaif.duckdb")
-        first = rlaif("collect", "--config", str(config), "--night", "2026-12-04", "--db", db, "--set", "sampler.n=3")
+        first = rlaif("collect", "--config", str(config), "--night", "2026-12-04", "--db", db, "--set", "sampler.n=3", env=rlaif_env)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         sent = server.requests
-        again = rlaif("collect", "--config", str(config), "--night", "2026-12-04", "--db", db, "--set", "sampler.n=3")
+        again = rlaif("collect", "--config", str(config), "--night", "2026-12-04", "--db", db, "--set", "sampler.n=3", env=rlaif_env)
         assert again.returncode == 0 and server.requests == sent, again.stderr[-3000:]
     with Store(db, read_only=True) as store:
         (rnd,) = store.rounds()
@@ -120,11 +120,11 @@ def test_an_endpoint_is_sampled_n_per_prompt_with_retries_and_the_same_night_twi
     assert len(pairs) >= 3 * prompts  # every two of three (and each prompt's best vs worst)
 
 
-def test_the_policy_is_collected_for_a_night_and_another_night_is_a_new_collection(tmp_path, round_config):
+def test_the_policy_is_collected_for_a_night_and_another_night_is_a_new_collection(tmp_path, round_config, rlaif_env):
     config = collect_config(tmp_path, round_config)  # source: policy (the default)
     db = str(tmp_path / "rlaif.duckdb")
     for night in ("2026-12-04", "2026-12-05", "2026-12-05"):
-        done = rlaif("collect", "--config", str(config), "--night", night, "--db", db)
+        done = rlaif("collect", "--config", str(config), "--night", night, "--db", db, env=rlaif_env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with Store(db, read_only=True) as store:
         rounds = store.rounds()

@@ -35,21 +35,14 @@ def fault_config(tmp_path, round_config) -> Path:
     return path
 
 
-def rlaif_env() -> dict[str, str]:
-    """The test session's Prefect server, so each process does not start its own."""
-    from prefect.settings import get_current_settings
-
-    return {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url), "COLUMNS": "200"}
-
-
-def run_round(config: Path, db: Path) -> subprocess.CompletedProcess:
+def run_round(config: Path, db: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     done = subprocess.run([RLAIF, "round", "--config", str(config), "--db", str(db)], capture_output=True, text=True,
-                          timeout=600, env=rlaif_env())
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
 
-def kill_during(config: Path, db: Path, stage: str) -> None:
+def kill_during(config: Path, db: Path, stage: str, env: dict[str, str]) -> None:
     """Start a round and SIGKILL it right after its first commit inside `stage`: it says in the store's
     holder file which stage it is in, and DuckDB's write-ahead log changes when it commits."""
     holder, wal = db.with_name(db.name + ".holder.json"), db.with_name(db.name + ".wal")
@@ -76,7 +69,7 @@ def kill_during(config: Path, db: Path, stage: str) -> None:
             return False
 
     process = subprocess.Popen([RLAIF, "round", "--config", str(config), "--db", str(db)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=rlaif_env())
+                               stderr=subprocess.DEVNULL, env=env)
     poll(in_stage, f"reached {stage}")
     entered = wal_state()
     poll(lambda: wal_state() != entered, f"committed anything in {stage}")
@@ -85,20 +78,19 @@ def kill_during(config: Path, db: Path, stage: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_round_killed_in_each_stage_in_turn_and_rerun_equals_an_uninterrupted_round(prefect_harness, fault_config,
-                                                                                        tmp_path):
+def test_a_round_killed_in_each_stage_in_turn_and_rerun_equals_an_uninterrupted_round(rlaif_env, fault_config, tmp_path):
     """One round killed four times: in sampling, then (resumed) in judging, in training, in evaluating;
     after each kill the store holds only rows the uninterrupted run has, and the last rerun ends with
     exactly its rows."""
     reference_db = tmp_path / "reference.duckdb"
-    run_round(fault_config, reference_db)
+    run_round(fault_config, reference_db, rlaif_env)
     with Store(reference_db, read_only=True) as store:
         reference = store.primary_keys()
     assert reference["train_metrics"] and reference["evals"] and len(reference["rounds"]) == 1
 
     db = tmp_path / "killed.duckdb"
     for stage in ("sampling", "judging", "training", "evaluating"):
-        kill_during(fault_config, db, stage)  # the first run starts the round, each later one resumes it
+        kill_during(fault_config, db, stage, rlaif_env)  # the first run starts the round, each later one resumes it
         with Store(db, read_only=True) as store:
             (rnd,) = store.rounds()
             killed = store.primary_keys()
@@ -108,7 +100,7 @@ def test_a_round_killed_in_each_stage_in_turn_and_rerun_equals_an_uninterrupted_
         for name, keys in killed.items():  # deterministic ids: whatever was committed, the uninterrupted run has too
             assert set(keys) <= set(reference[name]), f"killed in {stage}: {name} has rows the uninterrupted run has not"
 
-    run_round(fault_config, db)
+    run_round(fault_config, db, rlaif_env)
     with Store(db, read_only=True) as store:
         after = store.primary_keys()
         (rnd,) = store.rounds()
@@ -149,7 +141,7 @@ def test_a_judge_endpoint_failing_30_percent_of_requests_still_finishes_the_roun
 
 @pytest.mark.slow
 def test_sigterm_stops_a_round_within_10_s_in_one_line_and_the_rerun_ends_as_an_uninterrupted_round(
-        prefect_harness, fault_config, tmp_path):
+        rlaif_env, fault_config, tmp_path):
     """`rlaif round` with its output in a pipe (as under cron): progress comes as lines while a stage
     runs; SIGTERM during training stops it within 10 s with one line, takes its child processes with
     it, and the rerun resumes to the same tables as a round never interrupted."""
@@ -158,13 +150,13 @@ def test_sigterm_stops_a_round_within_10_s_in_one_line_and_the_rerun_ends_as_an_
     import psutil
 
     reference_db = tmp_path / "reference.duckdb"
-    run_round(fault_config, reference_db)
+    run_round(fault_config, reference_db, rlaif_env)
     with Store(reference_db, read_only=True) as store:
         reference = store.primary_keys()
 
     db = tmp_path / "stopped.duckdb"
     process = subprocess.Popen([RLAIF, "round", "--config", str(fault_config), "--db", str(db)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env={**rlaif_env(), "RLAIF_PROGRESS_EVERY": "0.2"})
+                               stderr=subprocess.PIPE, text=True, env={**rlaif_env, "RLAIF_PROGRESS_EVERY": "0.2"})
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: [lines.append((time.monotonic(), line)) for line in process.stderr], daemon=True)
     reader.start()
@@ -194,6 +186,6 @@ def test_sigterm_stops_a_round_within_10_s_in_one_line_and_the_rerun_ends_as_an_
     with Store(db, read_only=True) as store:
         assert store.rounds()[0].status == "running"
 
-    run_round(fault_config, db)
+    run_round(fault_config, db, rlaif_env)
     with Store(db, read_only=True) as store:
         assert store.primary_keys() == reference

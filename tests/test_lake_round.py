@@ -7,7 +7,6 @@ sees every review stored meanwhile."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -40,7 +39,8 @@ def label_next(client: httpx.Client) -> str | None:
 
 
 @pytest.mark.slow
-def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_loses_nothing(round_config, tmp_path):
+def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_loses_nothing(round_config, tmp_path,
+                                                                                           rlaif_env):
     location = StoreLocation(kind="ducklake", catalog=f"sqlite:{tmp_path / 'lake.sqlite'}", data_path=str(tmp_path / "data"))
     config = round_config.model_dump(mode="json") | {
         "store": location.model_dump() | {"artifacts_dir": str(tmp_path / "artifacts")},
@@ -55,7 +55,7 @@ def test_reviews_are_stored_while_a_round_writes_and_kill_9_of_either_process_lo
     # the resumed round trains afresh: with the round's usual 2 epochs (a rerun takes the config it is given)
     resume_file = tmp_path / "lake-resume.json"
     resume_file.write_text(json.dumps(config | {"training": round_config.training.model_dump(mode="json")}))
-    env = {**os.environ, "COLUMNS": "200"}
+    env = rlaif_env
     Store(location).close()  # the lake exists, so a reviewer can be added before the first round
     added = subprocess.run([RLAIF, "review", "add-reviewer", "alice", "--config", str(config_file)], env=env,
                            capture_output=True, text=True, timeout=120)

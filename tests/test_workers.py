@@ -1,11 +1,10 @@
-"""Many writers for real: DuckLake on a throwaway PostgreSQL, a local Prefect server, three `prefect
+"""Many writers for real: DuckLake on a throwaway PostgreSQL, the session's Prefect server, three `prefect
 worker` processes on three work pools, and a round whose stages run as flow runs on those workers.
 The same round in one process must leave the same rows (primary keys) in its own lake."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from store.db import Store
 
-from helpers import free_port, healthy, stop_processes, wait_for
+from helpers import stop_processes
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -34,16 +33,12 @@ def lake_config(round_config, postgres, tmp_path: Path, name: str, workers: bool
 
 
 @pytest.mark.slow
-def test_a_round_on_three_prefect_workers_equals_the_same_round_in_one_process(round_config, postgres, tmp_path):
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_LOGGING_TO_API_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1", "COLUMNS": "200"}
+def test_a_round_on_three_prefect_workers_equals_the_same_round_in_one_process(round_config, postgres, tmp_path, rlaif_env):
+    env = {**rlaif_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}  # the session's Prefect server
     one, many = (lake_config(round_config, postgres, tmp_path, name, workers) for name, workers in (("one", False), ("many", True)))
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", *POOLS)}
-    processes = [subprocess.Popen([RLAIF, "server", "--port", str(port)], env=env, stdout=logs["server"], stderr=subprocess.STDOUT)]
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in POOLS}
+    processes = []
     try:
-        wait_for(lambda: healthy(api), 180, "the Prefect server")
         for pool in POOLS:  # one at a time: the server's SQLite refuses pools created at the same moment
             created = subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process"], env=env,
                                      capture_output=True, text=True, timeout=120)
