@@ -17,6 +17,9 @@ Judges (`--judge`, repeatable; default: every one whose model is on this machine
   qwen0.5b-pointwise_fewshot and qwen1.5b-pointwise_fewshot (after `rlaif judge get qwen2.5-coder-0.5b`
   or `-1.5b`, the local transformers backend).
 
+`--record FILE` keeps the judges FILE already holds for the same gold set and not measured in this run,
+so a slow judge can be added later: each judge's entry says which command measured it.
+
 Last line: `RESULT judge_gold_kappa <the taught default judge's overall kappa on the measuring part>`.
 """
 
@@ -39,7 +42,7 @@ from flows.progress import progress_bar
 from judges.config import build_judge
 from judges.stage import PairwiseJudge, judge_pairs
 from judges.verdict import winner_of
-from lm.embedded import cache_root
+from lm.judge_models import judge_checkpoint
 from lm.loading import set_threads
 from review.gold import GoldPair, store_gold
 from review.labels import human_labels, principle_labels
@@ -58,7 +61,7 @@ def judges_on_hand() -> dict[str, dict]:
     """name -> judge section overrides, for every judge whose model is here."""
     found = {f"smollm2-{f}": {"formulation": f} for f in ("pointwise_fewshot", "pointwise", "principle_ab")}
     for size in ("0.5b", "1.5b"):
-        path = cache_root() / "judges" / f"qwen2.5-coder-{size}"
+        path = judge_checkpoint(f"qwen2.5-coder-{size}")
         if (path / "config.json").is_file():
             found[f"qwen{size}-pointwise_fewshot"] = {"formulation": "pointwise_fewshot", "model_path": str(path)}
     return found
@@ -135,7 +138,8 @@ def main() -> None:
     parser.add_argument("--judge", action="append", help="judge name (repeatable; default: every one on hand)")
     parser.add_argument("--limit", type=int, help="use only this many pairs of each part (a quick slice)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "judge-agreement")
-    parser.add_argument("--record", type=Path, help="write the results JSON here too")
+    parser.add_argument("--record", type=Path, help="write the results JSON here too (judges it already holds for "
+                        "the same gold set and not measured now are kept, each with the command that measured it)")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +174,7 @@ def main() -> None:
             for principle, q in qualification.principles.items():
                 found["principles"][principle]["synthetic_sensitivity"] = q.sensitivity
                 found["principles"][principle]["synthetic_interval"] = [q.sensitivity_low, q.sensitivity_high]
-            entry = {"judge_id": judge.judge_id, "settings": on_hand[name], "tie_margin": margin,
+            entry = {"judge_id": judge.judge_id, "command": results["command"], "settings": on_hand[name], "tie_margin": margin,
                      "teaching_mean_kappa_by_margin": on_teach, **found}
             if name == DEFAULT_JUDGE:
                 examples = choose_examples(store, constitution, judge, frozenset(g.pair.pair_id for g in teach),
@@ -181,6 +185,12 @@ def main() -> None:
                 entry["untaught_default_margin"] = measure(store, judge, constitution, measuring, None)
             results["judges"][name] = entry
             print_judge(name, entry)
+    if args.record and args.record.is_file():  # judges measured earlier on the same gold set stay in the record
+        earlier = json.loads(args.record.read_text())
+        if all(earlier.get(k) == results[k] for k in ("gold", "teaching_pairs", "measuring_pairs")):
+            said_of_all = {k: earlier[k] for k in ("command", "timing_note") if k in earlier}  # now said of each
+            kept = {n: said_of_all | e for n, e in earlier["judges"].items() if n not in results["judges"]}
+            results["judges"] = kept | results["judges"]
     points = [(p["synthetic_sensitivity"], p["kappa"]) for e in results["judges"].values() for p in e["principles"].values()
               if p.get("synthetic_sensitivity") is not None and p["kappa"] is not None]
     if len(points) >= 3:

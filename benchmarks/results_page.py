@@ -128,7 +128,8 @@ def levers_section(d: dict) -> list[str]:
 
 
 def agreement_section(d: dict) -> list[str]:
-    out = ["## The judges against people", "", f"`{d['command']}` (`docs/results/judge-agreement.json`): gold set "
+    out = ["## The judges against people", "", f"`{d['command']}` (`docs/results/judge-agreement.json`; a judge measured "
+           "by another command says so): gold set "
            f"{d['gold']}, {d['measuring_pairs']} measuring pairs (teaching part: {d['teaching_pairs']}); kappa with its "
            "95% interval against the gold reader, per principle and for the overall winner; the tie margin chosen on "
            "the teaching part; the synthetic qualification's sensitivity beside it.", ""]
@@ -144,8 +145,12 @@ def agreement_section(d: dict) -> list[str]:
             out.append(f"| {label} | {a['n']} | {kappa} |")
         out.append("")
     for name, e in d["judges"].items():
-        out += [f"**{name}** (`{e['judge_id']}`, tie margin {e['tie_margin']}, {e['seconds_per_pair']:.1f} s per pair)", "",
-                "| | n | kappa (95% CI) | TPR | FPR | synthetic sensitivity |", "|---|---|---|---|---|---|"]
+        out += [f"**{name}** (`{e['judge_id']}`, tie margin {e['tie_margin']}, {e['seconds_per_pair']:.1f} s per pair)", ""]
+        if e.get("command", d["command"]) != d["command"]:
+            out += [f"Measured by `{e['command']}`.", ""]
+        if e.get("timing_note"):
+            out += [f"Timing: {e['timing_note']}", ""]
+        out += ["| | n | kappa (95% CI) | TPR | FPR | synthetic sensitivity |", "|---|---|---|---|---|---|"]
         rows = [("overall winner", e["overall"])] + list(e["principles"].items())
         if "taught" in e:
             rows += [(f"taught: {k}", v) for k, v in [("overall winner", e["taught"]["overall"])] + list(e["taught"]["principles"].items())]

@@ -59,13 +59,21 @@ def judge_model_dir(name: str) -> Path:
     return cache_root() / "judges" / name
 
 
+def judge_checkpoint(name: str) -> Path:
+    """Where judge model `name`'s converted checkpoint lives (there once `rlaif judge get NAME` ran),
+    in a folder named after the model: a local judge's id names its model by the folder's name."""
+    return judge_model_dir(name) / name
+
+
 def fetch_judge_model(name: str) -> Path:
     """The converted checkpoint of judge model `name`, fetching and verifying it on first use."""
     if name not in JUDGE_MODELS:
         raise JudgeModelError(f"unknown judge model {name!r}; known: {', '.join(JUDGE_MODELS)}")
     spec = JUDGE_MODELS[name]
     target = judge_model_dir(name)
-    checkpoint, gguf = target / "checkpoint", target / f"{name}.gguf"
+    checkpoint, gguf = judge_checkpoint(name), target / f"{name}.gguf"
+    if (target / "checkpoint" / "config.json").is_file() and not checkpoint.exists():
+        (target / "checkpoint").rename(checkpoint)  # converted by an earlier version under a shared name
     if (checkpoint / "config.json").is_file():
         return checkpoint
     target.mkdir(parents=True, exist_ok=True)

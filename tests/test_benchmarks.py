@@ -35,6 +35,26 @@ def test_the_results_page_is_generated_from_the_results_files_and_current():
     assert PAGE.read_text() == render(), "docs/results.md is out of date: run .venv/bin/python benchmarks/results_page.py"
 
 
+def test_the_agreement_benchmark_finds_a_qwen_judge_where_rlaif_judge_get_leaves_it(tmp_path, monkeypatch):
+    """The Qwen judges are measured only when found on this machine: the benchmark must look where
+    `rlaif judge get` converts them (a config.json stands in for the converted checkpoint)."""
+    from lm.judge_models import fetch_judge_model
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path))
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from judge_agreement import judges_on_hand
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert "qwen0.5b-pointwise_fewshot" not in judges_on_hand()
+    earlier = tmp_path / "judges" / "qwen2.5-coder-0.5b" / "checkpoint"  # where an earlier version converted it
+    earlier.mkdir(parents=True)
+    (earlier / "config.json").write_text("{}")
+    checkpoint = fetch_judge_model("qwen2.5-coder-0.5b")  # found, so nothing is fetched: only renamed
+    assert checkpoint.name == "qwen2.5-coder-0.5b" and (checkpoint / "config.json").is_file()
+    assert judges_on_hand()["qwen0.5b-pointwise_fewshot"]["model_path"] == str(checkpoint)
+
+
 def test_judge_agreement_runs_on_a_slice_of_the_gold_set(tmp_path, round_config):
     """The gold-set benchmark end to end on 3 teaching and 3 measuring pairs, with the tiny model as
     the judge: every number it reports comes from the slice (the full run, on SmolLM2, is a benchmark)."""
@@ -63,3 +83,13 @@ def test_judge_agreement_runs_on_a_slice_of_the_gold_set(tmp_path, round_config)
         assert all(p["n"] <= 3 for p in measured["principles"].values())
     readers = found["between_readers"]
     assert readers["readers"] == ["gold-reader-1", "gold-reader-2"] and readers["overall"]["n"] == 3
+    # a judge measured later joins the record; the one measured before stays as it was, and a note
+    # written of the whole earlier run (how it was timed) stays with its judges
+    record.write_text(json.dumps(found | {"timing_note": "measured beside another job"}))
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "judge_agreement.py"), "--config", str(config), "--judge",
+                            "smollm2-pointwise", "--limit", "3", "--out", str(tmp_path / "out"), "--record", str(record)],
+                           capture_output=True, text=True, timeout=900, cwd=BENCHMARKS.parent)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    both = json.loads(record.read_text())["judges"]
+    assert both["smollm2-pointwise_fewshot"] == entry | {"timing_note": "measured beside another job"}
+    assert "timing_note" not in both["smollm2-pointwise"] and "--judge smollm2-pointwise " in both["smollm2-pointwise"]["command"]
