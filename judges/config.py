@@ -10,7 +10,7 @@ from judges.local_logprob import LocalFormulation, LocalLogprobJudge
 from judges.openai_judge import OpenAIFormulation, OpenAIJudge, OpenAIJudgeSettings
 from judges.server import JudgeServerSettings
 from judges.stage import PairwiseJudge
-from lm.loading import base_checkpoint, load_model, load_tokenizer
+from lm.loading import base_checkpoint, load_model, load_tokenizer, weights_fingerprint
 
 
 class JudgeConfig(BaseModel):
@@ -70,6 +70,9 @@ def build_judge(config: JudgeConfig) -> PairwiseJudge:
         assert config.openai is not None  # checked by the model
         return OpenAIJudge(config.openai, config.openai_formulation(), config.tie_margin)
     checkpoint = base_checkpoint(config.model_path)
-    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), checkpoint.name,
+    # the id names the model by its folder and its weights: two models in folders of one name (every
+    # fine-tune's "final/") must not share cached verdicts
+    model_name = f"{checkpoint.name}@{weights_fingerprint(checkpoint)}"
+    return LocalLogprobJudge(load_model(checkpoint), load_tokenizer(checkpoint), model_name,
                              batch_size=config.batch_size, tie_margin=config.tie_margin,
                              max_completion_tokens=config.max_completion_tokens, formulation=config.local_formulation())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -49,6 +50,21 @@ def base_checkpoint(path: str | None) -> Path:
     if not (resolved / "config.json").is_file():
         raise FileNotFoundError(f"model path {resolved} has no config.json (not a checkpoint directory)")
     return resolved
+
+
+def weights_fingerprint(checkpoint: Path, samples: int = 8, sample_bytes: int = 1 << 16) -> str:
+    """A short fingerprint of the model in `checkpoint`: its config, and each weight file's size and
+    `samples` slices spread through it (~0.5 MiB read per file: a 3 GB model is fingerprinted in
+    milliseconds, and two fine-tunes of one base differ in every slice)."""
+    digest = hashlib.sha256((checkpoint / "config.json").read_bytes())
+    for weights in sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with weights.open("rb") as f:
+            for i in range(samples):
+                f.seek(size * i // samples)
+                digest.update(f.read(sample_bytes))
+    return digest.hexdigest()[:8]
 
 
 def load_tokenizer(checkpoint: Path) -> PreTrainedTokenizerBase:

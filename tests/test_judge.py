@@ -70,3 +70,27 @@ def test_judging_twice_makes_zero_new_judge_calls(tiny_model, tmp_path):
             assert set(j.votes_json) == {p.id for p in constitution.principles}
         # the placeholder check decides deterministically in both orders
         assert all(v.votes_json["no_placeholders"] == "a" for v in first.values())
+
+
+def test_a_local_judges_id_tells_apart_two_models_in_folders_of_one_name(tiny_model_dir, tmp_path):
+    """Cached verdicts are keyed by the judge's id: two fine-tunes saved as `final/` must not share
+    them, and the same weights moved elsewhere must keep theirs."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from judges.config import JudgeConfig, build_judge
+
+    first, moved, tuned = (tmp_path / run / "final" for run in ("first", "moved", "tuned"))
+    for copy in (first, moved, tuned):
+        shutil.copytree(tiny_model_dir, copy)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.01)  # another model with the same shapes, config and file sizes
+    model.save_pretrained(tuned)
+    shutil.copy(tiny_model_dir / "config.json", tuned / "config.json")
+    ids = {path.parent.name: build_judge(JudgeConfig(model_path=str(path))).judge_id for path in (first, moved, tuned)}
+    assert ids["first"] == ids["moved"] != ids["tuned"]
+    assert ids["first"].startswith("local_logprob:final@")
