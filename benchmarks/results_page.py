@@ -150,6 +150,8 @@ def agreement_section(d: dict) -> list[str]:
             out += [f"Measured by `{e['command']}`.", ""]
         if e.get("timing_note"):
             out += [f"Timing: {e['timing_note']}", ""]
+        if e.get("note"):
+            out += [f"Note: {e['note']}", ""]
         out += ["| | n | kappa (95% CI) | TPR | FPR | synthetic sensitivity |", "|---|---|---|---|---|---|"]
         rows = [("overall winner", e["overall"])] + list(e["principles"].items())
         if "taught" in e:
