@@ -86,9 +86,8 @@ def test_a_local_judges_id_tells_apart_two_models_in_folders_of_one_name(tiny_mo
     for copy in (first, moved, tuned):
         shutil.copytree(tiny_model_dir, copy)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.add_(0.01)  # another model with the same shapes, config and file sizes
+    with torch.no_grad():  # like a merged LoRA: one projection changed, same shapes, config and sizes
+        model.model.layers[1].self_attn.v_proj.weight.add_(0.01)
     model.save_pretrained(tuned)
     shutil.copy(tiny_model_dir / "config.json", tuned / "config.json")
     ids = {path.parent.name: build_judge(JudgeConfig(model_path=str(path))).judge_id for path in (first, moved, tuned)}
