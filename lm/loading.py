@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -61,20 +62,23 @@ def weights_fingerprint(checkpoint: Path, edge_bytes: int = 4096) -> str:
     digest = hashlib.sha256((checkpoint / "config.json").read_bytes())
     for weights in sorted(p for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin")):
         with weights.open("rb") as f:
-            if weights.suffix != ".safetensors":
-                digest.update(f.read())
-                continue
-            header_size = int.from_bytes(f.read(8), "little")  # safetensors: u64 size, JSON header, data
-            header = f.read(header_size)
-            digest.update(header)
-            for name, tensor in sorted(json.loads(header).items()):
-                if name == "__metadata__":
-                    continue
-                start, end = (8 + header_size + offset for offset in tensor["data_offsets"])
-                for at in (start, max(start, end - edge_bytes)):
-                    f.seek(at)
-                    digest.update(f.read(min(edge_bytes, end - at)))
+            whole = iter(lambda: f.read(16 << 20), b"")
+            for block in safetensors_edges(f, edge_bytes) if weights.suffix == ".safetensors" else whole:
+                digest.update(block)
     return digest.hexdigest()[:8]
+
+
+def safetensors_edges(f: BinaryIO, edge_bytes: int) -> Iterator[bytes]:
+    """A safetensors file's header (u64 size, then JSON), then the first and last `edge_bytes` of each tensor."""
+    header_size = int.from_bytes(f.read(8), "little")
+    header = f.read(header_size)
+    yield header
+    for name, tensor in sorted(json.loads(header).items()):
+        if name != "__metadata__":
+            start, end = (8 + header_size + offset for offset in tensor["data_offsets"])
+            for at in (start, max(start, end - edge_bytes)):
+                f.seek(at)
+                yield f.read(min(edge_bytes, end - at))
 
 
 def load_tokenizer(checkpoint: Path) -> PreTrainedTokenizerBase:

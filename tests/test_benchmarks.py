@@ -26,12 +26,16 @@ def test_no_benchmark_shadows_a_package():
     assert packages and not {Path(s).stem for s in SCRIPTS} & packages
 
 
-def test_the_results_page_is_generated_from_the_results_files_and_current():
+@pytest.fixture(autouse=True)
+def benchmarks_importable():
+    """Benchmarks import as they run, with their folder first on sys.path; for this module's tests only."""
     sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from results_page import PAGE, render
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_the_results_page_is_generated_from_the_results_files_and_current():
+    from results_page import PAGE, render
     assert PAGE.read_text() == render(), "docs/results.md is out of date: run .venv/bin/python benchmarks/results_page.py"
 
 
@@ -41,11 +45,7 @@ def test_the_agreement_benchmark_finds_a_qwen_judge_where_rlaif_judge_get_leaves
     from lm.judge_models import fetch_judge_model
 
     monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path))
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from judge_agreement import judges_on_hand
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    from judge_agreement import judges_on_hand
     assert "qwen0.5b-pointwise_fewshot" not in judges_on_hand()
     earlier = tmp_path / "judges" / "qwen2.5-coder-0.5b" / "checkpoint"  # where an earlier version converted it
     earlier.mkdir(parents=True)
