@@ -1,12 +1,15 @@
 """Which lever makes a round's candidate better? One round of the bundled task at the size of
 benchmarks/outcome.py, then one candidate per lever, each compared with round 0 (the base) on the
-same held-out prompts, both orders, by the same qualified judge.
+same held-out prompts (each answered `eval.samples_per_prompt` times per side), both orders, by the
+same judge, decided by the round's promotion rule.
 
     .venv/bin/python benchmarks/levers.py [--out DIR] [--only LEVER ...] [--train-per-round 64] [--heldout 32]
 
 Training levers (loss, beta, confidence weighting) train on the default round's judged pairs, so
 only the training differs; sampling levers (more samples per prompt with max_min pairing, longer
-answers) run their own round from the same base in their own store. Writes DIR/levers.json (one
+answers) run their own round from the same base in their own store, and their candidate's numbers
+are that round's own evaluation (the candidate against the base: a second comparison would only
+repeat it with other seeds). Writes DIR/levers.json (one
 entry per lever; rerunning with --only adds to it) and prints a table; the last line is the best
 lever's length-controlled win rate. `training.mix_rounds` needs several rounds: benchmarks/outcome.py
 measures it (`--set training.mix_rounds=2`).
@@ -82,7 +85,11 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
     with Store(config.store, read_only=True) as store:
         metrics = store.train_metrics(trained["run_id"])
     started = time.perf_counter()
-    outcome = compare_models(config, trained["candidate_id"], base)
+    if kind == "round":
+        assert summary.eval is not None, f"round 1 of {config.store.file} trained but was not evaluated"
+        outcome = summary.eval
+    else:
+        outcome = compare_models(config, trained["candidate_id"], base)
     audit = trained.get("audit_trained") or {}
     return {
         "lever": name, "kind": kind, "set": overrides, "trained": True, "candidate_id": trained["candidate_id"], "base": base,
@@ -90,7 +97,8 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
         "chosen_longer_share": audit.get("chosen_longer_share"),
         "first_loss": trained["first_loss"], "last_loss": trained["last_loss"],
         "last_reward_accuracy": metrics[-1].reward_accuracy if metrics else None,
-        "minutes": {"round_or_train": train_s / 60, "compare": (time.perf_counter() - started) / 60},
+        # a round lever's evaluation is part of its round's minutes
+        "minutes": {"round_or_train": train_s / 60, "compare": None if kind == "round" else (time.perf_counter() - started) / 60},
         **result_fields(outcome),
     }
 
