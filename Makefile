@@ -70,11 +70,19 @@ lint: setup-test
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
 
+# The fast tests run in TEST_WORKERS processes (pytest-xdist): each runs torch on one thread
+# (tests/conftest.py), so a single process leaves the second core idle. The slow ones (the real model,
+# vLLM engines, rounds in subprocesses that use every core) run one at a time after them: two at once
+# would oversubscribe the cores, which makes torch several times slower.
+TEST_WORKERS ?= 2
+FAST_TESTS   := $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+
 test: setup-test vllm debian-packages lint
-	$(BIN)/python -m pytest
+	$(FAST_TESTS)
+	$(BIN)/python -m pytest -m slow
 
 test-fast: setup-test debian-packages lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(FAST_TESTS)
 
 # What benchmarks/gpu_check.py carries to an offline GPU machine (Python 3.12 there; ~22 MiB):
 # the wheels it may lack, pinned to this venv's versions, and SmolLM2's tokenizer.

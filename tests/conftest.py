@@ -18,6 +18,9 @@ os.environ.update({
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 })
+# pytest-xdist's worker processes set COLUMNS=80, which the CLI's rich consoles read once, at import:
+# tests that ask for a wider terminal (CliRunner's env) would get 80 columns in a worker and not alone.
+os.environ.pop("COLUMNS", None)
 
 import pytest  # noqa: E402  (after the environment above, which Prefect reads at import)
 import torch  # noqa: E402
