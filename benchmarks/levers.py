@@ -90,10 +90,12 @@ def run_lever(out: Path, name: str, args: argparse.Namespace) -> dict:
         outcome = summary.eval
     else:
         outcome = compare_models(config, trained["candidate_id"], base)
-    audit = trained.get("audit_trained") or {}
+    selected, audit = trained.get("audit") or {}, trained.get("audit_trained") or {}
     return {
         "lever": name, "kind": kind, "set": overrides, "trained": True, "candidate_id": trained["candidate_id"], "base": base,
         "judge": judge, "trusted_principles": trusted, "trained_pairs": trained["n_pairs"],
+        # the trustworthy pairs before length balancing, and what was trained on after it
+        "selected_pairs": selected.get("n_pairs"), "chosen_longer_share_selected": selected.get("chosen_longer_share"),
         "chosen_longer_share": audit.get("chosen_longer_share"),
         "first_loss": trained["first_loss"], "last_loss": trained["last_loss"],
         "last_reward_accuracy": metrics[-1].reward_accuracy if metrics else None,

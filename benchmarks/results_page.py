@@ -111,16 +111,22 @@ def outcome_section(d: dict, title: str, source: str) -> list[str]:
 
 def levers_section(d: dict) -> list[str]:
     out = ["## Levers", "", f"`{d['command']}` (`docs/results/levers.json`, {d['date']}). {d['what']}", "",
-           "| lever | trained pairs | chosen longer | raw win (95% CI) | LC win (95% CI) | k | decision | "
-           "smallest true LC it detects | tokens candidate / base |", "|---|---|---|---|---|---|---|---|---|"]
+           "| lever | pairs selected -> trained (length balancing) | chosen longer, selected / trained | "
+           "wins / losses / ties | raw win (95% CI) | LC win (95% CI) | k | decision | smallest true LC it detects | "
+           "pass-rate differences whose 95% interval excludes 0 | tokens candidate / base |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in d["levers"].items():
         if not r.get("trained"):
-            out.append(f"| {name} | not trained: {r.get('reason')} | | | | | | | |")
+            out.append(f"| {name} | not trained: {r.get('reason')} | | | | | | | | | |")
             continue
-        out.append(f"| {name} | {r['trained_pairs']} | {pct(r.get('chosen_longer_share'))} | "
+        clear = [f"{p} {v['estimate']:+.0%} ({v['low']:+.0%} to {v['high']:+.0%})"
+                 for p, v in r.get("differences", {}).items() if v["low"] > 0 or v["high"] < 0]
+        out.append(f"| {name} | {r.get('selected_pairs', '-')} -> {r['trained_pairs']} | "
+                   f"{pct(r.get('chosen_longer_share_selected'))} / {pct(r.get('chosen_longer_share'))} | "
+                   f"{r['wins']} / {r['losses']} / {r['ties']} | "
                    f"{r['win_rate']:.2f}{ci(r['win_rate_low'], r['win_rate_high'])} | "
                    f"{r['lc_win_rate']:.2f}{ci(r.get('lc_win_rate_low'), r.get('lc_win_rate_high'))} | "
                    f"{r.get('samples_per_prompt', 1)} | {r.get('decision', '-')} | {f2(r.get('minimum_detectable'))} | "
+                   f"{'; '.join(clear) or ('none' if 'differences' in r else '-')} | "
                    f"{r['candidate']['mean_tokens']:.0f} / {r['baseline']['mean_tokens']:.0f} |")
     if d.get("conclusion"):
         out += ["", d["conclusion"]]
