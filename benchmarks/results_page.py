@@ -42,6 +42,11 @@ def ci(low: Any, high: Any) -> str:
     return "" if low is None or high is None else f" ({low:.2f}-{high:.2f})"
 
 
+def difference(diff: dict | None) -> str:
+    """A paired pass-rate difference with its interval, in points."""
+    return "-" if diff is None else f"{diff['estimate']:+.0%} ({diff['low']:+.0%} to {diff['high']:+.0%})"
+
+
 def decision_section(d: dict) -> list[str]:
     out = ["## The promotion gate's error rates", "", f"`{d['command']}` (`docs/results/decision.json`)", "",
            f"One round of the bundled task trained candidate `{d['candidate']}` from `{d['parent']}` "
@@ -97,13 +102,10 @@ def outcome_section(d: dict, title: str, source: str) -> list[str]:
     out += ["", "| principle / probe | last policy | round 0 | difference (95% CI) |", "|---|---|---|---|"]
     diffs = d.get("differences", {})
     for pid, rate in d["candidate"]["principle_pass"].items():
-        diff = diffs.get(pid)
-        shown = "-" if diff is None else f"{diff['estimate']:+.0%} ({diff['low']:+.0%} to {diff['high']:+.0%})"
-        out.append(f"| {pid} | {pct(rate)} | {pct(d['baseline']['principle_pass'].get(pid))} | {shown} |")
+        out.append(f"| {pid} | {pct(rate)} | {pct(d['baseline']['principle_pass'].get(pid))} | {difference(diffs.get(pid))} |")
     for name, rate in d["candidate"].get("probe_pass", {}).items():
-        diff = diffs.get(f"probe:{name}")
-        shown = "-" if diff is None else f"{diff['estimate']:+.0%} ({diff['low']:+.0%} to {diff['high']:+.0%})"
-        out.append(f"| probe: {name} | {pct(rate)} | {pct(d['baseline'].get('probe_pass', {}).get(name))} | {shown} |")
+        out.append(f"| probe: {name} | {pct(rate)} | {pct(d['baseline'].get('probe_pass', {}).get(name))} | "
+                   f"{difference(diffs.get(f'probe:{name}'))} |")
     if d.get("note"):
         out += ["", d["note"]]
     return out + [""]
@@ -118,15 +120,14 @@ def levers_section(d: dict) -> list[str]:
         if not r.get("trained"):
             out.append(f"| {name} | not trained: {r.get('reason')} | | | | | | | | | |")
             continue
-        clear = [f"{p} {v['estimate']:+.0%} ({v['low']:+.0%} to {v['high']:+.0%})"
-                 for p, v in r.get("differences", {}).items() if v["low"] > 0 or v["high"] < 0]
-        out.append(f"| {name} | {r.get('selected_pairs', '-')} -> {r['trained_pairs']} | "
+        clear = [f"{p} {difference(v)}" for p, v in r["differences"].items() if v["low"] > 0 or v["high"] < 0]
+        out.append(f"| {name} | {r['selected_pairs']} -> {r['trained_pairs']} | "
                    f"{pct(r.get('chosen_longer_share_selected'))} / {pct(r.get('chosen_longer_share'))} | "
                    f"{r['wins']} / {r['losses']} / {r['ties']} | "
                    f"{r['win_rate']:.2f}{ci(r['win_rate_low'], r['win_rate_high'])} | "
                    f"{r['lc_win_rate']:.2f}{ci(r.get('lc_win_rate_low'), r.get('lc_win_rate_high'))} | "
                    f"{r.get('samples_per_prompt', 1)} | {r.get('decision', '-')} | {f2(r.get('minimum_detectable'))} | "
-                   f"{'; '.join(clear) or ('none' if 'differences' in r else '-')} | "
+                   f"{'; '.join(clear) or 'none'} | "
                    f"{r['candidate']['mean_tokens']:.0f} / {r['baseline']['mean_tokens']:.0f} |")
     if d.get("conclusion"):
         out += ["", d["conclusion"]]
